@@ -1,0 +1,482 @@
+"""StreamEngine: batched edit of video frames with side/main CUDA-stream pipelining (paper §III, Alg. 1).
+
+Per batch n:
+  side stream  (side thread): upload frames, VAE-encode, text-encode (frame at 256² + instruction);
+  main stream  (main thread): rebuild the LLLite conditioning on refresh batches, K U-Net steps, decode.
+Batch n+1's side work overlaps batch n's main work; one CUDA event joins them. The side path never
+syncs the host (the stock encoder's rotary `.item()` is gone: positions are precomputed), and each
+path is a few CUDA-graph replays, so two Python threads can feed the GPU without fighting over the GIL.
+A third thread waits for finished batches and hands results back.
+
+Without CUDA the same stage functions run one after the other in the caller's thread.
+
+Usage (in-process, no ZeroMQ):
+    engine = StreamEngine(EngineConfig(size=512, batch=8), bundle)
+    engine.open_stream("cam0", prompt="make it an oil painting")
+    out = engine.submit(frames_uint8_BxSxSx3, stream="cam0").result().frames
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .conditioning import FlowPool, warp_on_device
+from .denoise import EditDenoiser
+from .graphs import CapturedCall
+from .lllite import TemporalLLLite
+from .profiles import ModelBundle
+from .prompt_encoder import EditPromptEncoder
+from .streams import StreamState, frame_noise
+
+log = logging.getLogger(__name__)
+
+TE_MODES = ("per_frame", "batch_one", "refresh_every")
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
+UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)
+
+
+class EngineError(ValueError):
+    """A request the engine cannot serve (bad frames, unknown stream, bad setting); says which."""
+
+
+@dataclass
+class EngineConfig:
+    size: int = 512  # S: frames are S×S
+    batch: int = 8  # B: largest batch; smaller batches pad up to the next bucket
+    steps: int = 1  # K flow-matching steps
+    hooks: str = "down_blocks"  # LLLite hook subset: none / down_blocks / mid_block / up_blocks / all
+    adapter_weights: str | None = None  # kohya-style safetensors; None = zero-initialised adapter
+    multiplier: float = 1.0
+    cond_refresh: int = 8  # rebuild the adapter conditioning every N batches of a stream
+    te_mode: str = "per_frame"  # per_frame (exact) / batch_one / refresh_every (approximations, opt-in)
+    te_refresh: int = 4  # N for te_mode=refresh_every
+    encoder_size: int = 256  # the frame goes to the text encoder at this size
+    compile: str = "default"  # torch.compile mode of the U-Net (+ adapter) on CUDA; "none" for eager
+    cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
+    buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
+    pipeline_depth: int = 2  # batches queued ahead of the side stage
+    flow_workers: int = 8
+    keep_latents: bool = False  # return final latents too (tests)
+
+    def validate(self) -> None:
+        if self.size % 64 or not 64 <= self.size <= 1024:
+            raise EngineError(f"size {self.size} unsupported: use a multiple of 64 between 64 and 1024")
+        if not 1 <= self.batch <= 64:
+            raise EngineError(f"batch {self.batch} out of range 1..64")
+        if not 1 <= self.steps <= 8:
+            raise EngineError(f"steps {self.steps} out of range 1..8")
+        if self.te_mode not in TE_MODES:
+            raise EngineError(f"te_mode {self.te_mode!r}; use one of {TE_MODES}")
+        if self.compile not in COMPILE_MODES:
+            raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
+        if self.cond_refresh < 1 or self.te_refresh < 1:
+            raise EngineError("cond_refresh and te_refresh must be ≥ 1")
+        if any(b < 1 or b > self.batch for b in self.buckets):
+            raise EngineError(f"buckets {self.buckets} must lie in 1..batch ({self.batch})")
+
+
+@dataclass
+class BatchOutput:
+    frames: np.ndarray  # (b, S, S, 3) uint8
+    streams: list[str]
+    indices: list[int]  # per-stream frame index of each row
+    timings: dict = field(default_factory=dict)  # ms: side, main, components, latency
+    latents: torch.Tensor | None = None
+
+
+@dataclass
+class _Job:
+    rows: list[tuple[StreamState, int]]  # (stream, frame index) per row, grouped by stream
+    frames: np.ndarray
+    segments: list[tuple[StreamState, int, int, bool, object]]  # stream, first row, end row, refresh, flow future
+    prompts: dict[str, str]  # each stream's prompt when the batch was submitted
+    bucket: int
+    future: Future
+    t_submit: float
+    side: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+class StreamEngine:
+    def __init__(self, config: EngineConfig, bundle: ModelBundle):
+        config.validate()
+        self.config = config
+        self.bundle = bundle
+        self.device = bundle.device
+        self.dtype = bundle.dtype
+        self.cuda = self.device.type == "cuda"
+        self.buckets = tuple(sorted(set(config.buckets or (config.batch,)) | {config.batch}))
+        self.latent = config.size // 8
+        self.encoder = EditPromptEncoder(bundle.text_encoder, bundle.tokenizer, bundle.vision, config.encoder_size)
+        self.adapter = None
+        if config.hooks != "none":
+            self.adapter = TemporalLLLite(bundle.unet, config.hooks).to(self.device, self.dtype)
+            if config.adapter_weights:
+                self.adapter.load(config.adapter_weights)
+            self.adapter.allocate(config.batch, self.latent, self.latent)
+            self.adapter.attach("inference")
+        self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
+        if self.cuda and config.compile != "none":
+            self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
+        self.streams: dict[str, StreamState] = {}
+        self.flows = FlowPool(config.flow_workers)
+        self._graphs: dict[tuple, CapturedCall] = {}
+        self._pools: dict[str, object] = {}
+        self._adapter_rows: tuple | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self.counters = {"batches": 0, "frames": 0, "refreshes": 0, "te_rows": 0, "te_cache_hits": 0}
+        if self.cuda:
+            self.side_stream = torch.cuda.Stream(self.device)
+            self.main_stream = torch.cuda.Stream(self.device)
+            self._side_q: queue.Queue = queue.Queue(maxsize=config.pipeline_depth)
+            self._main_q: queue.Queue = queue.Queue(maxsize=2)
+            self._done_q: queue.Queue = queue.Queue(maxsize=4)
+
+    # ---- streams -------------------------------------------------------------------------------------
+
+    def open_stream(self, name: str, prompt: str, seed: int = 0, multiplier: float | None = None) -> StreamState:
+        if name in self.streams:
+            raise EngineError(f"stream {name!r} is already open")
+        self.encoder.layout(prompt)  # fail now on a prompt the encoder cannot take
+        state = StreamState(name, prompt, seed, self.config.multiplier if multiplier is None else multiplier)
+        self.streams[name] = state
+        return state
+
+    def set_prompt(self, name: str, prompt: str) -> None:
+        """Applied from the next batch submitted for the stream (a batch boundary)."""
+        self.encoder.layout(prompt)
+        self._stream(name).prompt = prompt
+
+    def close_stream(self, name: str) -> None:
+        self.streams.pop(name, None)
+
+    def _stream(self, name: str) -> StreamState:
+        if name not in self.streams:
+            raise EngineError(f"unknown stream {name!r}; open it first")
+        return self.streams[name]
+
+    # ---- submission ----------------------------------------------------------------------------------
+
+    def submit(self, frames: np.ndarray, stream: str = "default") -> Future:
+        """Queue (b, S, S, 3) uint8 frames of one stream; returns a Future of BatchOutput."""
+        return self.submit_mixed([(stream, frames)])
+
+    def submit_mixed(self, parts: list[tuple[str, np.ndarray]]) -> Future:
+        """Queue one batch made of consecutive frames of several streams (each stream's rows stay in order)."""
+        if self._closed:
+            raise EngineError("engine is closed")
+        cfg = self.config
+        total = sum(len(f) for _, f in parts)
+        if total < 1 or total > cfg.batch:
+            raise EngineError(f"a batch holds 1..{cfg.batch} frames, got {total}")
+        names = [name for name, _ in parts]
+        if len(set(names)) != len(names):
+            raise EngineError("a batch may hold each stream once (merge its frames into one part)")
+        rows, segments, arrays = [], [], []
+        with self._lock:  # stream counters must advance in submission order
+            for name, frames in parts:
+                st = self._stream(name)
+                frames = self._check_frames(frames)
+                start = len(rows)
+                rows += [(st, st.next_index + i) for i in range(len(frames))]
+                refresh = self.adapter is not None and st.refresh_due(cfg.cond_refresh)
+                flow = self.flows.submit(st.last_input, frames) if refresh else None
+                segments.append((st, start, len(rows), refresh, flow))
+                st.next_index += len(frames)
+                st.batches += 1
+                st.force_refresh = False if refresh else st.force_refresh
+                st.last_input = frames[-1].copy()
+                arrays.append(frames)
+            bucket = next(b for b in self.buckets if b >= total)
+            prompts = {name: self.streams[name].prompt for name in names}
+            job = _Job(rows, np.concatenate(arrays), segments, prompts, bucket, Future(), time.perf_counter())
+        if not self.cuda:
+            self._run_inline(job)
+        else:
+            self._ensure_threads()
+            self._side_q.put(job)
+        return job.future
+
+    def process(self, frames: np.ndarray, stream: str = "default") -> np.ndarray:
+        """Blocking convenience: styled frames of one batch."""
+        return self.submit(frames, stream).result().frames
+
+    def _check_frames(self, frames) -> np.ndarray:
+        s = self.config.size
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+            raise EngineError(f"frames must be a uint8 numpy array, got {type(frames).__name__} {getattr(frames, 'dtype', '')}")
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[1:] != (s, s, 3):
+            raise EngineError(f"frames must be (b, {s}, {s}, 3) RGB, got shape {frames.shape}")
+        return np.ascontiguousarray(frames)
+
+    # ---- stages ----------------------------------------------------------------------------------------
+
+    def _side(self, job: _Job) -> None:
+        """Upload, VAE-encode and text-encode one batch (on the side stream when CUDA is used)."""
+        cfg, b, bucket = self.config, len(job.rows), job.bucket
+        t0 = time.perf_counter()
+        host = torch.from_numpy(job.frames)
+        if bucket > b:  # pad to the bucket with copies of the last frame; the extra rows are dropped
+            host = torch.cat([host, host[-1:].expand(bucket - b, -1, -1, -1)])
+        frames = host.to(self.device, non_blocking=True) if self.cuda else host
+        noise = torch.empty((bucket, 4, self.latent, self.latent), dtype=torch.float32)
+        for st, start, end, _, _ in job.segments:
+            frame_noise(st.seed, [i for _, i in job.rows[start:end]], (4, self.latent, self.latent), out=noise[start:end])
+        noise[b:] = noise[b - 1 : b]
+        noise = noise.to(self.device, non_blocking=True).to(self.dtype)
+        events = self._mark("side_start")
+        source = self._call(("vae_encode", bucket), self._vae_encode_fn, frames)
+        events += self._mark("after_vae")
+        embeds, mask = self._text_encode(job, frames)
+        events += self._mark("side_end")
+        job.side = {"source": source, "embeds": embeds, "mask": mask, "noise": noise, "events": events}
+        job.timings["side_host_ms"] = (time.perf_counter() - t0) * 1e3
+
+    def _vae_encode_fn(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        return self.denoiser.encode(frames_u8.permute(0, 3, 1, 2).float() / 255.0)
+
+    def _te_fn(self, frames_u8, ids, cos, sin, lengths):
+        return self.encoder(frames_u8.permute(0, 3, 1, 2).float() / 255.0, ids, cos, sin, lengths)
+
+    def _encode(self, frames: torch.Tensor, prompts: list[str], bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, pos, lengths = self.encoder.pack([self.encoder.layout(p) for p in prompts])
+        cos, sin = self.encoder.rope_tables(pos.to(self.device), self.dtype)
+        self.counters["te_rows"] += len(prompts)
+        return self._call(("text_encode", bucket, ids.shape[1]), self._te_fn, frames, ids.to(self.device), cos, sin,
+                          lengths.to(self.device))
+
+    def _text_encode(self, job: _Job, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame encoding (exact, default), or the opt-in representative-frame modes."""
+        cfg, bucket, b = self.config, job.bucket, len(job.rows)
+        if cfg.te_mode == "per_frame":
+            prompts = [job.prompts[st.name] for st, _ in job.rows]
+            return self._pad_tokens(*self._encode(frames, prompts + [prompts[-1]] * (bucket - b), bucket))
+        # Approximate modes: one representative frame (the stream's first in the batch) per stream that
+        # needs encoding, broadcast to the stream's rows; `refresh_every` also reuses it across batches.
+        due = [seg for seg in job.segments if seg[0].te_due(cfg.te_mode, cfg.te_refresh, job.prompts[seg[0].name])]
+        if due:
+            te_bucket = min(1 << (len(due) - 1).bit_length(), cfg.batch)
+            pick = [start for _, start, _, _, _ in due]
+            pick += [pick[-1]] * (te_bucket - len(pick))
+            prompts = [job.prompts[job.rows[r][0].name] for r in pick]
+            embeds, mask = self._encode(frames[torch.tensor(pick, device=frames.device)], prompts, te_bucket)
+            for k, (st, *_rest) in enumerate(due):
+                st.te_cache = (embeds[k : k + 1], mask[k : k + 1])
+                st.te_cache_prompt, st.te_age = job.prompts[st.name], 0
+        parts_e, parts_m = [], []
+        for st, start, end, _, _ in job.segments:
+            if all(st is not seg[0] for seg in due):
+                self.counters["te_cache_hits"] += 1
+            st.te_age += 1
+            parts_e.append(st.te_cache[0].expand(end - start, -1, -1))
+            parts_m.append(st.te_cache[1].expand(end - start, -1))
+        length = max(e.shape[1] for e in parts_e)
+        embeds = torch.cat([F.pad(e, (0, 0, 0, length - e.shape[1])) for e in parts_e])
+        mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in parts_m])
+        embeds = torch.cat([embeds, embeds[-1:].expand(bucket - b, -1, -1)])
+        mask = torch.cat([mask, mask[-1:].expand(bucket - b, -1)])
+        return self._pad_tokens(embeds, mask)
+
+    @staticmethod
+    def _pad_tokens(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the token axis to a U-Net bucket (zeros, mask 0), so prompt edits rarely change shapes."""
+        length = embeds.shape[1]
+        target = next((t for t in UNET_TOKEN_BUCKETS if t >= length), length)
+        if target == length:
+            return embeds, mask
+        return F.pad(embeds, (0, 0, 0, target - length)), F.pad(mask, (0, target - length))
+
+    def _refresh(self, st: StreamState, start: int, end: int, flow_future) -> None:
+        """Warp the stream's previous output onto each new input and rebuild its adapter embedding."""
+        flows = torch.from_numpy(flow_future.result()).to(self.device, non_blocking=True)
+        cond = warp_on_device(st.last_output, flows).to(self.dtype)
+        st.cond = self.adapter.compute_embeddings(cond)
+        st.cond_version += 1
+        st.refreshes += 1
+        self.counters["refreshes"] += 1
+
+    def _write_adapter_rows(self, job: _Job) -> None:
+        """Copy each stream's cached embedding into its batch rows, only when the layout changed."""
+        signature = tuple((id(st), st.cond_version, s, e) for st, s, e, _, _ in job.segments)
+        if signature == self._adapter_rows:
+            return
+        self.adapter.set_multiplier(slice(0, self.config.batch), 0.0)
+        for st, start, end, _, _ in job.segments:
+            if st.cond is None:
+                continue  # no previous output yet: the adapter stays off for these rows
+            n = end - start
+            rows = {k: v[torch.clamp(torch.arange(n, device=v.device), max=v.shape[0] - 1)] for k, v in st.cond.items()}
+            self.adapter.write_embeddings(slice(start, end), rows)
+            self.adapter.set_multiplier(slice(start, end), st.multiplier)
+        self._adapter_rows = signature
+
+    def _main(self, job: _Job) -> None:
+        side = job.side
+        events = self._mark("main_start")
+        if self.adapter is not None:
+            for st, start, end, refresh, flow in job.segments:
+                if refresh:
+                    self._refresh(st, start, end, flow)
+            self._write_adapter_rows(job)
+        events += self._mark("after_refresh")
+        latents = self._call(("denoise", job.bucket, side["embeds"].shape[1]), self.denoiser.denoise,
+                             side["noise"], side["source"], side["embeds"], side["mask"])
+        events += self._mark("after_unet")
+        image, frames = self._call(("decode", job.bucket), self.denoiser.decode, latents)
+        events += self._mark("main_end")
+        b = len(job.rows)
+        for st, start, end, _, _ in job.segments:
+            st.last_output = image[end - 1].clone()
+        job.side["out_frames"] = frames[:b].to("cpu", non_blocking=True) if self.cuda else frames[:b].clone()
+        if self.config.keep_latents:
+            job.side["latents"] = latents[:b].float().to("cpu", non_blocking=True)
+        job.side["main_events"] = events
+        if self.cuda:
+            job.side["done"] = torch.cuda.Event()
+            job.side["done"].record()
+
+    def _finish(self, job: _Job) -> None:
+        side = job.side
+        if self.cuda:
+            side["done"].synchronize()
+            se, me = side["events"], side["main_events"]
+            job.timings.update(
+                vae_encode_ms=se[0].elapsed_time(se[1]), text_encoder_ms=se[1].elapsed_time(se[2]),
+                side_ms=se[0].elapsed_time(se[2]), refresh_ms=me[0].elapsed_time(me[1]),
+                unet_ms=me[1].elapsed_time(me[2]), decode_ms=me[2].elapsed_time(me[3]), main_ms=me[0].elapsed_time(me[3]),
+            )
+        job.timings["latency_ms"] = (time.perf_counter() - job.t_submit) * 1e3
+        b = len(job.rows)
+        self.counters["batches"] += 1
+        self.counters["frames"] += b
+        out = BatchOutput(
+            frames=side["out_frames"].numpy().copy() if self.cuda else side["out_frames"].numpy(),
+            streams=[st.name for st, _ in job.rows], indices=[i for _, i in job.rows], timings=job.timings,
+            latents=side.get("latents"),
+        )
+        job.future.set_result(out)
+
+    # ---- graph capture / plain calls ------------------------------------------------------------------
+
+    def _call(self, key: tuple, fn, *args):
+        """Run `fn` eagerly on the CPU; on CUDA replay a graph captured for this shape key."""
+        if not (self.cuda and self.config.cuda_graphs):
+            with torch.no_grad():
+                out = fn(*args)
+            return out
+        graph = self._graphs.get(key)
+        if graph is None:
+            family = "side" if key[0] in ("vae_encode", "text_encode") else "main"
+            log.info("capturing CUDA graph %s", key)
+            graph = CapturedCall(fn, args, pool=self._pools.get(family))
+            self._pools.setdefault(family, graph.pool)
+            self._graphs[key] = graph
+        outputs = graph(*args)
+        # Static outputs are overwritten by the next replay: hand out copies that the other stream owns safely.
+        if isinstance(outputs, tuple):
+            return tuple(self._own(o) for o in outputs)
+        return self._own(outputs)
+
+    @staticmethod
+    def _own(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.clone()
+
+    def _mark(self, _name: str) -> list:
+        if not self.cuda:
+            return [time.perf_counter()]
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return [event]
+
+    # ---- execution ------------------------------------------------------------------------------------
+
+    def _run_inline(self, job: _Job) -> None:
+        try:
+            self._side(job)
+            self._main(job)
+            se, me = job.side["events"], job.side["main_events"]
+            job.timings.update(
+                vae_encode_ms=(se[1] - se[0]) * 1e3, text_encoder_ms=(se[2] - se[1]) * 1e3, side_ms=(se[2] - se[0]) * 1e3,
+                refresh_ms=(me[1] - me[0]) * 1e3, unet_ms=(me[2] - me[1]) * 1e3, decode_ms=(me[3] - me[2]) * 1e3,
+                main_ms=(me[3] - me[0]) * 1e3,
+            )
+            self._finish(job)
+        except Exception as exc:
+            job.future.set_exception(exc)
+
+    def _ensure_threads(self) -> None:
+        if self._threads:
+            return
+        for target, name in ((self._side_loop, "engine-side"), (self._main_loop, "engine-main"), (self._done_loop, "engine-done")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _side_loop(self) -> None:
+        torch.cuda.set_device(self.device)
+        while (job := self._side_q.get()) is not None:
+            try:
+                with torch.cuda.stream(self.side_stream):
+                    self._side(job)
+                    for value in job.side.values():  # made on the side stream, freed only after main used it
+                        if isinstance(value, torch.Tensor):
+                            value.record_stream(self.main_stream)
+                    job.side["ready"] = torch.cuda.Event()
+                    job.side["ready"].record()
+            except Exception as exc:
+                log.exception("side stage failed")
+                job.future.set_exception(exc)
+                continue
+            self._main_q.put(job)
+        self._main_q.put(None)
+
+    def _main_loop(self) -> None:
+        torch.cuda.set_device(self.device)
+        while (job := self._main_q.get()) is not None:
+            try:
+                with torch.cuda.stream(self.main_stream):
+                    self.main_stream.wait_event(job.side["ready"])
+                    self._main(job)
+            except Exception as exc:
+                log.exception("main stage failed")
+                job.future.set_exception(exc)
+                continue
+            self._done_q.put(job)
+        self._done_q.put(None)
+
+    def _done_loop(self) -> None:
+        while (job := self._done_q.get()) is not None:
+            try:
+                self._finish(job)
+            except Exception as exc:
+                job.future.set_exception(exc)
+
+    def close(self) -> None:
+        """Finish queued batches, stop the threads and the flow pool."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._threads:
+            self._side_q.put(None)
+            for thread in self._threads:
+                thread.join()
+        self.flows.close()
+
+    def __enter__(self) -> "StreamEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
