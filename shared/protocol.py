@@ -79,7 +79,7 @@ class FrameFlags(enum.IntFlag):
     LAST = 4  # last frame of a finite source
 
 
-class StreamStatus(str, enum.Enum):
+class StreamStatus(enum.StrEnum):
     """Lifecycle of a stream as the API and metrics show it."""
 
     IDLE = "idle"
@@ -90,7 +90,7 @@ class StreamStatus(str, enum.Enum):
     STOPPED = "stopped"
 
 
-class ProcessState(str, enum.Enum):
+class ProcessState(enum.StrEnum):
     """Lifecycle of a process as its heartbeat reports it."""
 
     STARTING = "starting"

@@ -171,7 +171,7 @@ _WEBCAM_RE = re.compile(r"/dev/video[0-9]+")
 _RTSP_SCHEMES = ("rtsp", "rtsps")
 
 
-class SourceKind(str, enum.Enum):
+class SourceKind(enum.StrEnum):
     """What kind of input a stream reads."""
 
     FILE = "file"
@@ -199,8 +199,12 @@ def _check_rtsp_url(url: str, what: str) -> None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"{redact_url(url)!r} is not a valid {what} URL ({exc})") from None
+    except ValueError:
+        # urlsplit's own message may quote part of a mis-encoded password: never show it.
+        raise ValueError(
+            f"{redact_url(url)!r} is not a valid {what} URL (check host and port; percent-encode "
+            "'@', '/' and ':' in the user name or password)"
+        ) from None
     if not parts.hostname:
         raise ValueError(f"{redact_url(url)!r} is not a valid {what} URL: no host")
 
@@ -902,25 +906,44 @@ def env_var_name(path: tuple[str, ...]) -> str:
     return ENV_PREFIX + "__".join(p.upper() for p in path)
 
 
+def _type_text(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_text(args[0])
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        kinds = [_type_text(a) for a in args if a is not type(None)]
+        return " or ".join(kinds) + (" or null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_type_text(args[0])}"
+    names = {SecretStr: "secret string", SecretUrl: "path or URL (credentials hidden)", Path: "path", bool: "boolean"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        return "(computed)" if field.default_factory is default_runtime_dir else "(empty)"
+    return "null" if field.default is None else f"`{field.default!r}`"
+
+
 def settings_reference() -> str:
     """Markdown reference of every field: key, environment variable, type, default, description."""
-    lines = ["# StyleCast configuration reference", ""]
-    for section, field in Settings.model_fields.items():
-        model = _unwrap(field.annotation)
-        if get_origin(model) is list:
-            model = get_args(model)[0]
-            section_key = f"{section}[]"
-        else:
-            section_key = section
-        lines += [f"## `{section_key}` — {field.description}", "", "| key | env | type | default | description |", "|---|---|---|---|---|"]
-        for name, sub in model.model_fields.items():
-            default = "required" if sub.is_required() else ("(computed)" if sub.default_factory else repr(sub.default))
-            env_name = env_var_name((section, name)) if section_key == section else env_var_name((section, "N", name))
-            type_name = getattr(sub.annotation, "__name__", None) or str(sub.annotation).replace("typing.", "")
-            lines.append(f"| `{section}.{name}` | `{env_name}` | `{type_name}` | `{default}` | {sub.description} |")
-        lines.append("")
-    sink_lines = ["## `streams[].sinks[]` — one output", "", "| key | type | default | description |", "|---|---|---|---|"]
-    for name, sub in SinkSettings.model_fields.items():
-        default = "required" if sub.is_required() else repr(sub.default)
-        sink_lines.append(f"| `{name}` | `{sub.annotation}` | `{default}` | {sub.description} |")
-    return "\n".join(lines + sink_lines) + "\n"
+    out = ["# StyleCast configuration reference", "", "Precedence: defaults < YAML file < STYLECAST_* environment < CLI overrides.", ""]
+
+    def table(title: str, model: type[BaseModel], key_prefix: str, env_path: tuple[str, ...]) -> None:
+        out.extend([f"## {title}", "", "| key | environment | type | default | description |", "|---|---|---|---|---|"])
+        for name, field in model.model_fields.items():
+            env = env_var_name((*env_path, name))
+            row = [f"`{key_prefix}{name}`", f"`{env}`", _type_text(field.annotation), _default_text(field), field.description or ""]
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        out.append("")
+
+    for section in ("model", "engine", "ingest", "service"):
+        field = Settings.model_fields[section]
+        table(f"`{section}`: {field.description}", _unwrap(field.annotation), f"{section}.", (section,))
+    table("`streams[]`: one stream each", StreamSettings, "streams.N.", ("streams", "N"))
+    table("`streams[].sinks[]`: one output each", SinkSettings, "streams.N.sinks.M.", ("streams", "N", "sinks", "M"))
+    return "\n".join(out) + "\n"

@@ -9,6 +9,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 import shared.protocol as protocol
 from shared.protocol import (
@@ -17,11 +18,11 @@ from shared.protocol import (
     Ack,
     AddStream,
     Error,
+    FlowReady,
+    FlowRequest,
     Frame,
     FrameDropped,
     FrameFlags,
-    FlowReady,
-    FlowRequest,
     Heartbeat,
     Message,
     ProcessState,
@@ -90,7 +91,7 @@ def test_free_text_is_redacted_at_construction() -> None:
 
 def test_messages_are_immutable() -> None:
     frame = examples()[0]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         frame.seq = 5  # type: ignore[misc]
 
 

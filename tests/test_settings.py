@@ -344,3 +344,10 @@ def test_reference_lists_fields_with_env_names() -> None:
     text = settings_reference()
     assert "`engine.batch`" in text and "`STYLECAST_ENGINE__BATCH`" in text
     assert "`STYLECAST_STREAMS__N__PROMPT`" in text
+
+
+def test_misencoded_password_is_not_leaked_by_url_parsing() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_stream({"name": "cam", "source": "rtsp://admin:top/secret@cam:554/x", "prompt": "p"})
+    assert "top" not in str(exc.value) and "secret" not in str(exc.value)
+    assert "percent-encode" in str(exc.value)
