@@ -115,30 +115,31 @@ class EncodedSink(Sink):
 
     def _start(self) -> None:
         """Write the header now, so a bad target fails in open_sink rather than at the first frame."""
-        try:
-            self._container.start_encoding()
-        except av.error.FFmpegError as exc:
-            raise self._error(exc, "cannot start") from None
+        translated(self._container.start_encoding, lambda exc: self._error(exc, "cannot start"))
 
     def _write(self, frame: np.ndarray) -> None:
-        try:
+        def encode() -> None:
             for packet in self._stream.encode(to_yuv_frame(frame, self.frames_written)):
                 self._container.mux(packet)
-        except av.error.FFmpegError as exc:
-            raise self._error(exc, "write failed") from None
+
+        translated(encode, lambda exc: self._error(exc, "write failed"))
 
     def _finalise(self) -> None:
         if self.failed is not None:
             self._abandon()
             return
-        try:
-            for packet in self._stream.encode(None):  # drain the encoder's delayed frames
+
+        def drain_and_close() -> None:
+            for packet in self._stream.encode(None):  # the encoder's delayed frames
                 self._container.mux(packet)
             self._container.close()  # writes the trailer (MP4 index, HLS ENDLIST)
-        except av.error.FFmpegError as exc:
-            self.failed = self._error(exc, "finalising failed")
+
+        try:
+            translated(drain_and_close, lambda exc: self._error(exc, "finalising failed"))
+        except SinkError as error:
+            self.failed = error
             self._abandon()
-            raise self.failed from None
+            raise
         self._on_finalised()
 
     def _on_finalised(self) -> None:
@@ -198,16 +199,11 @@ class RtspSink(EncodedSink):
 
     def _open_container(self):
         options = {"rtsp_transport": "tcp", "timeout": str(int(self._timeout_s * 1e6))}
-        try:
-            return av.open(self._url, "w", format="rtsp", options=options)
-        except av.error.FFmpegError as exc:
-            raise self._unreachable(exc) from None
+        return translated(lambda: av.open(self._url, "w", format="rtsp", options=options), self._unreachable)
 
     def _start(self) -> None:
-        try:
-            self._container.start_encoding()  # ANNOUNCE + SETUP + RECORD happen here
-        except av.error.FFmpegError as exc:
-            raise self._unreachable(exc) from None
+        # ANNOUNCE + SETUP + RECORD happen here.
+        translated(self._container.start_encoding, self._unreachable)
 
     def _unreachable(self, exc: BaseException) -> SinkError:
         reason = scrub(getattr(exc, "strerror", None) or str(exc), self._url)
@@ -251,6 +247,16 @@ class HlsSink(EncodedSink):
             return av.open(str(self.playlist_path), "w", format="hls", options=options)
         except av.error.FFmpegError as exc:
             raise SinkPathError(f"hls sink {self.target}: cannot create playlist ({exc.strerror or exc})") from None
+
+
+def translated(action, make_error):
+    """Run `action`; turn a PyAV error into `make_error(exc)`, raised outside the except block so
+    the PyAV exception (whose text may hold the raw URL) is not kept as __context__."""
+    try:
+        return action()
+    except av.error.FFmpegError as exc:
+        error = make_error(exc)
+    raise error
 
 
 def check_writable_file(path: Path) -> None:

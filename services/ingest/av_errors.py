@@ -41,7 +41,8 @@ def ffmpeg_reason(exc: BaseException, spec: SourceSpec) -> str:
 
 
 def translate_av_error(exc: BaseException, spec: SourceSpec, phase: Phase, timeout_s: float) -> SourceError:
-    """The SourceError to raise (always `from None`) for a PyAV exception met while opening or reading."""
+    """The SourceError for a PyAV exception met while opening or reading. Raise it outside the
+    `except` block, so the PyAV exception (which holds the raw URL) is not kept as __context__."""
     where = spec.display
     reason = ffmpeg_reason(exc, spec)
     network = spec.kind is SourceKind.RTSP

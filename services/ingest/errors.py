@@ -1,8 +1,9 @@
 """Errors raised while opening or reading a video source.
 
 Every message names the problem and the source, with any credentials in the source URL
-replaced by `***` (see `redact.py`). Exceptions from PyAV are never chained (`from None`):
-their text and `filename` carry the raw URL, and a chained traceback would print it.
+replaced by `***` (see `redact.py`). They are raised outside the `except` block that caught the
+PyAV exception, so it is neither chained nor kept as __context__: its text and `filename` carry
+the raw URL, and a traceback or error reporter walking the chain would print it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 from .av_errors import ffmpeg_reason, translate_av_error
-from .errors import NotAVideo, SourceError, SourceNotFound, UnsupportedSource
+from .errors import NotAVideo, SourceError, SourceNotFound, SourceUnreachable, UnsupportedSource
 from .frames import to_model_frame, validate_frame_size
 from .pacing import Pacer
 from .spec import SourceKind, SourceSpec, parse_spec
@@ -149,6 +149,7 @@ class Source:
         so a read error that is not fatal starts a new one at the reader's current position."""
         consecutive_errors = 0
         while True:
+            fatal: SourceError | None = None
             try:
                 for packet in self._container.demux(self._stream):
                     consecutive_errors = 0
@@ -158,14 +159,14 @@ class Source:
                 # Corrupt or truncated data: skip it and read on. Anything else ends the source.
                 self.counters.corrupt_skipped += 1
                 consecutive_errors += 1
-                log.debug("%s: skipped unreadable data (%s)", self.name, ffmpeg_reason(exc, self._spec))
+                reason = ffmpeg_reason(exc, self._spec)
+                log.debug("%s: skipped unreadable data (%s)", self.name, reason)
                 if consecutive_errors >= MAX_CONSECUTIVE_READ_ERRORS:
-                    raise SourceError(
-                        f"{self.name}: gave up after {consecutive_errors} read errors in a row "
-                        f"({ffmpeg_reason(exc, self._spec)})"
-                    ) from None
+                    fatal = SourceError(f"{self.name}: gave up after {consecutive_errors} read errors in a row ({reason})")
             except av.error.FFmpegError as exc:
-                raise translate_av_error(exc, self._spec, "read", self._read_timeout_s) from None
+                fatal = translate_av_error(exc, self._spec, "read", self._read_timeout_s)
+            if fatal is not None:
+                raise fatal  # outside the except block: no __context__ holding the raw URL
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -231,11 +232,20 @@ def _open_container(spec: SourceSpec, connect_timeout_s: float, read_timeout_s: 
         }
     elif spec.kind is SourceKind.WEBCAM:
         fmt = "v4l2"  # device defaults for size/rate/pixel format; untested here (no camera)
+    started = time.monotonic()
     try:
         return av.open(spec.location, mode="r", format=fmt, options=options,
                        timeout=(connect_timeout_s, read_timeout_s))
     except av.error.FFmpegError as exc:
-        raise translate_av_error(exc, spec, "open", connect_timeout_s) from None
+        if spec.kind is not SourceKind.FILE and time.monotonic() - started >= 0.95 * connect_timeout_s:
+            # Our interrupt fired; FFmpeg may report it as whatever the cut-off read produced.
+            error: SourceError = SourceUnreachable(
+                f"{spec.display}: no answer within {connect_timeout_s:g} s while connecting")
+        else:
+            error = translate_av_error(exc, spec, "open", connect_timeout_s)
+    # Raised outside the except block so that the PyAV exception (its text and .filename hold the
+    # raw URL) is not even kept as __context__.
+    raise error
 
 
 def _precheck_file(spec: SourceSpec) -> None:
