@@ -51,7 +51,6 @@ def clips(tmp_path_factory):
         "10bit": media.make_10bit_video(d / "ten.mp4"),
         "odd": media.make_odd_size_video(d / "odd.mp4"),
         "tiny": media.make_tiny_video(d / "tiny.mp4"),
-        "corrupt": media.make_corrupt_packets_video(d / "corrupt.mkv", frames=40, corrupt=range(15, 19)),
         "truncated": media.make_truncated(numbered, d / "truncated.mp4", keep_fraction=0.5),
         "audio": media.make_audio_only(d / "audio.mp4"),
         "random": media.make_random_bytes(d / "random.mp4"),
@@ -131,8 +130,13 @@ def test_tiny_input_is_upscaled(clips):
         assert next(iter(source)).rgb.shape == (128, 128, 3)
 
 
-def test_corrupt_packets_are_skipped_and_counted(clips):
-    with open_source(str(clips["corrupt"]), size=S) as source:
+@pytest.mark.parametrize("damage", ["rejected-packets", "concealed-frames"])
+def test_corrupt_packets_are_skipped_and_counted(clips, tmp_path, damage):
+    # Rejected: the decoder raises on each bad packet. Concealed: it returns frames flagged corrupt.
+    keep_bytes = 5 if damage == "rejected-packets" else 40
+    path = media.make_corrupt_packets_video(tmp_path / "corrupt.mkv", frames=40, corrupt=range(15, 19),
+                                            keep_bytes=keep_bytes)
+    with open_source(str(path), size=S) as source:
         numbers = frame_numbers(source)
     assert numbers == [n for n in range(40) if n not in range(15, 19)]
     assert source.counters.corrupt_skipped == 4

@@ -134,12 +134,14 @@ def make_truncated(source, path, keep_fraction: float = 0.5) -> Path:
 
 
 def make_corrupt_packets_video(path, frames: int = 40, corrupt: range = range(15, 19),
-                               width: int = 128, height: int = 96, seed: int = 3) -> Path:
-    """Numbered H.264 frames in Matroska where the packets of frames in `corrupt` keep their NAL
-    start code and header but carry random bytes after them (timestamps and flags kept), as a bad
-    link would leave them: FFmpeg's decoder rejects each with InvalidDataError. (Fully random
-    packets would not do: the muxer finds no NAL unit in them and drops them.) Every frame is a
-    keyframe, so decoding recovers at the next good packet."""
+                               width: int = 128, height: int = 96, seed: int = 3, keep_bytes: int = 5) -> Path:
+    """Numbered H.264 frames in Matroska where the packets of frames in `corrupt` keep their first
+    `keep_bytes` bytes but carry random bytes after them (timestamps and flags kept), as a bad
+    link would leave them. keep_bytes=5 (start code + NAL header) breaks the slice header: the
+    decoder rejects the packet with InvalidDataError. keep_bytes=40 keeps the slice header: the
+    decoder conceals the damage and flags the frame corrupt. (Fully random packets would not do:
+    the muxer finds no NAL unit in them and drops them.) Every frame is a keyframe, so decoding
+    recovers at the next good packet."""
     rng = random.Random(seed)
     path = Path(path)
     with av.open(str(path), "w", format="matroska") as container:
@@ -149,7 +151,7 @@ def make_corrupt_packets_video(path, frames: int = 40, corrupt: range = range(15
         def mux(packets):
             for packet in packets:
                 if packet.pts is not None and packet.pts in corrupt:
-                    header = bytes(packet)[:5]  # Annex B start code 00 00 00 01 + NAL header
+                    header = bytes(packet)[:keep_bytes]
                     broken = av.Packet(header + rng.randbytes(packet.size - len(header)))
                     broken.pts, broken.dts, broken.time_base = packet.pts, packet.dts, packet.time_base
                     broken.stream = stream
