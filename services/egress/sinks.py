@@ -206,8 +206,12 @@ class RtspSink(EncodedSink):
         translated(self._container.start_encoding, self._unreachable)
 
     def _unreachable(self, exc: BaseException) -> SinkError:
+        return self._error(exc, "cannot push to the server")
+
+    def _error(self, exc: BaseException, what: str) -> SinkError:
+        # Whatever fails on a push (refused, reset, timed out, rejected) is the server's side.
         reason = scrub(getattr(exc, "strerror", None) or str(exc), self._url)
-        return SinkUnreachable(f"rtsp sink {self.target}: cannot push to the server ({reason})")
+        return SinkUnreachable(f"rtsp sink {self.target}: {what} ({reason})")
 
 
 class HlsSink(EncodedSink):
