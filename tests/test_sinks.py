@@ -217,6 +217,9 @@ def test_hls_live_window_deletes_old_segments(tmp_path):
 def test_rtsp_push_reaches_the_server(tmp_path):
     recorded = tmp_path / "received.h264"
     with RtspServer(user="pub", password="pub-secret", record_to=recorded) as server:
+        with pytest.raises(SinkUnreachable, match="401 Unauthorized") as caught:
+            open_sink("rtsp", server.url_with("pub", "bad-secret", "/record"), size=S, fps=25)
+        assert "bad-secret" not in str(caught.value)
         with open_sink("rtsp", server.record_url, size=S, fps=25) as sink:
             assert "pub-secret" not in repr(sink) and "***@" in sink.target
             for index in range(40):
