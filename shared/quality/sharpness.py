@@ -21,6 +21,8 @@ into float32 gray with OpenCV's RGB→gray weights (0.299 R + 0.587 G + 0.114 B)
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -45,12 +47,14 @@ def sobel_mean_abs(frame: np.ndarray) -> float:
     return float(np.sqrt(gx * gx + gy * gy).mean(dtype=np.float64))
 
 
+@lru_cache(maxsize=8)
 def high_frequency_mask(height: int, width: int) -> np.ndarray:
-    """True for shifted-spectrum bins farther than height/4 bins from the centre (H//2, W//2)."""
+    """True for shifted-spectrum bins farther than height/4 bins from the centre (H//2, W//2). Read-only (cached)."""
     ys = np.arange(height) - height // 2
     xs = np.arange(width) - width // 2
-    radius = np.hypot(ys[:, None], xs[None, :])
-    return radius > height / 4
+    mask = np.hypot(ys[:, None], xs[None, :]) > height / 4
+    mask.flags.writeable = False
+    return mask
 
 
 def hf_fft_energy(frame: np.ndarray) -> float:
