@@ -30,8 +30,10 @@ class ClipSimilarity:
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         path = os.fspath(directory)
-        if not os.path.isdir(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"CLIP weights directory not found: {path!r}")
+        if not os.path.isdir(path):
+            raise ValueError(f"CLIP weights must be a local model directory (config.json, weights, tokenizer), got the file {path!r}")
         try:
             model = CLIPModel.from_pretrained(path, local_files_only=True)
             processor = CLIPImageProcessorPil.from_pretrained(path, local_files_only=True)
