@@ -102,5 +102,23 @@ def test_wrong_shape_is_reported(reference, tmp_path):
         load_lpips(path)
 
 
+def test_heads_under_their_module_list_name_are_accepted(reference, frames, tmp_path):
+    tensors = {(k.replace("lin", "lins.", 1) if k.startswith("lin") else k): v for k, v in reference[2].items()}
+    assert "lins.0.model.1.weight" in tensors and "lin0.model.1.weight" not in tensors
+    path = tmp_path / "module_list_heads.safetensors"
+    save_file(tensors, str(path))
+    a, b = frames
+    assert lpips_distance(load_lpips(path), a, b) == pytest.approx(lpips_distance(load_lpips(reference[3]), a, b))
+
+
+def test_two_different_tensors_for_one_head_are_refused(reference, tmp_path):
+    tensors = dict(reference[2])
+    tensors["lins.2.model.1.weight"] = tensors["lin2.model.1.weight"] * 2
+    path = tmp_path / "conflicting_heads.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match="two different tensors for head 2"):
+        load_lpips(path)
+
+
 def test_key_map_covers_every_parameter():
     assert sorted(file_key_map().values()) == sorted(name for name, _ in LPIPS().named_parameters())

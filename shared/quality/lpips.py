@@ -8,18 +8,20 @@ Distance between images x and y (RGB, scaled to [-1, 1], then per channel (v −
 Identical images give exactly 0.
 
 Weight file layout: the key names of the reference implementation's `LPIPS(net='alex')` module
-state_dict, so a user can write the file once with `safetensors.torch.save_file(model.state_dict(), path)`
-wherever they trust the published checkpoints:
+state_dict, so a user can write the file once with `safetensors.torch.save_model(model, path)` wherever
+they trust the published checkpoints:
 
     net.slice1.0.weight  [64, 3, 11, 11]   net.slice1.0.bias  [64]    conv1 (stride 4, padding 2)
     net.slice2.3.weight  [192, 64, 5, 5]   net.slice2.3.bias  [192]   max-pool 3/2, conv2 (padding 2)
     net.slice3.6.weight  [384, 192, 3, 3]  net.slice3.6.bias  [384]   max-pool 3/2, conv3 (padding 1)
     net.slice4.8.weight  [256, 384, 3, 3]  net.slice4.8.bias  [256]   conv4 (padding 1)
     net.slice5.10.weight [256, 256, 3, 3]  net.slice5.10.bias [256]   conv5 (padding 1)
-    lin0.model.1.weight .. lin4.model.1.weight   [C_l, ...] as [1, C_l, 1, 1]   the per-layer heads
+    lin0.model.1.weight .. lin4.model.1.weight   [1, C_l, 1, 1]   the per-layer heads (C_l as above)
     scaling_layer.shift, scaling_layer.scale     [1, 3, 1, 1]   optional; the v0.1 constants otherwise
 
-Every listed tensor except the scaling pair must be present, and no other key may be: a file for
+Released versions of that module also register the heads as `lins.{l}.model.1.weight` (a ModuleList
+over the same tensors); either name is accepted for each head, and when both are present they must be
+equal. Every listed tensor except the scaling pair must be present, and no other key may be: a file for
 another trunk (VGG, SqueezeNet) is rejected with the missing and unexpected keys named.
 """
 
@@ -98,6 +100,7 @@ def load_lpips(weights_path: str | os.PathLike, device: str | torch.device = "cp
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"LPIPS weights {path!r} are not a readable safetensors file: {exc}") from exc
 
+    tensors = _merge_head_aliases(tensors, path)
     required = file_key_map()
     missing = sorted(set(required) - set(tensors))
     unexpected = sorted(set(tensors) - set(required) - set(_OPTIONAL_FILE_KEYS))
@@ -115,6 +118,20 @@ def load_lpips(weights_path: str | os.PathLike, device: str | torch.device = "cp
     except RuntimeError as exc:  # wrong tensor shapes
         raise ValueError(f"LPIPS weights {path!r} have tensors of the wrong shape: {exc}") from exc
     return model.to(device).eval()
+
+
+def _merge_head_aliases(tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """Fold `lins.{l}.model.1.weight` into `lin{l}.model.1.weight` (the same head under its ModuleList name)."""
+    tensors = dict(tensors)
+    for i in range(len(_TRUNK)):
+        alias, canonical = f"lins.{i}.model.1.weight", f"lin{i}.model.1.weight"
+        if alias not in tensors:
+            continue
+        head = tensors.pop(alias)
+        if canonical in tensors and not torch.equal(tensors[canonical], head):
+            raise ValueError(f"LPIPS weights {path!r} hold two different tensors for head {i}: {canonical} and {alias}")
+        tensors[canonical] = head
+    return tensors
 
 
 def frame_to_tensor(frame: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
