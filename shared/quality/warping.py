@@ -9,7 +9,8 @@ Plain ε_w (the paper's number) uses no mask. The masked variant averages only o
 forward–backward check of `shared.quality.occlusion` finds visible in both frames. The clip value is
 the mean of ε_t over t = 1..T-1. Inputs and outputs must already share one size (see
 `video_io.fit_to_size`). The warp works on the uint8 previous output, as the engine does, so the
-warped frame is rounded to integers.
+warped frame is rounded to integers. Farnebäck is not exactly zero on two identical frames (up to
+~0.25 px near the borders), so a repeated frame scores about 0.01 rather than 0.
 """
 
 from __future__ import annotations
