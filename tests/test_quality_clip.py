@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from shared.quality.clip_score import ClipSimilarity
-from support.quality_clips import clip_frames
-from support.quality_models import write_tiny_clip
+from tests.support.quality_clips import clip_frames
+from tests.support.quality_models import write_tiny_clip
 
 
 @pytest.fixture(scope="module")

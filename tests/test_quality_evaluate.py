@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from shared.quality import FrameCountMismatchError, VideoError, evaluate, fit_to_size
-from support.quality_clips import clip_frames, colour_map, write_video
-from support.quality_models import write_random_lpips, write_tiny_clip
+from tests.support.quality_clips import clip_frames, colour_map, write_video
+from tests.support.quality_models import write_random_lpips, write_tiny_clip
 
 FRAMES = 5
 ALWAYS = ("warping_error", "warping_error_occlusion_masked", "sobel_output", "sobel_input", "hf_fft_output",

@@ -7,9 +7,9 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from shared.quality.lpips import LPIPS, file_key_map, frame_to_tensor, load_lpips, lpips_distance
-from support.quality_clips import clip_frames
-from support.quality_models import ALEXNET_RELU_TAPS as TAPS
-from support.quality_models import write_random_lpips
+from tests.support.quality_clips import clip_frames
+from tests.support.quality_models import ALEXNET_RELU_TAPS as TAPS
+from tests.support.quality_models import write_random_lpips
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from shared.quality.sharpness import gray_float, hf_fft_energy, high_frequency_mask, sobel_mean_abs
 from shared.quality.warping import series_mean, warping_error_series
-from support.quality_clips import clip_frames
+from tests.support.quality_clips import clip_frames
 
 SIGMA = 1.5
 

@@ -6,7 +6,7 @@ import pytest
 
 from shared.quality.video_io import (FrameCountMismatchError, VideoError, check_same_frame_count, fit_to_size,
                                      probe_video, read_video_frames)
-from support.quality_clips import clip_frames, clip_path, write_video
+from tests.support.quality_clips import clip_frames, clip_path, write_video
 
 
 def test_reads_every_frame_as_rgb(tmp_path):

@@ -8,7 +8,7 @@ from shared.flow import backward_flow
 from shared.quality.occlusion import occlusion_mask
 from shared.quality.warping import (masked_warping_error_series, pair_warping_error, series_mean, warping_error,
                                     warping_error_series)
-from support.quality_clips import clip_frames, colour_map
+from tests.support.quality_clips import clip_frames, colour_map
 
 
 @pytest.fixture(scope="module")

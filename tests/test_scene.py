@@ -7,7 +7,7 @@ import pytest
 
 from shared.flow import backward_flow
 from shared.scene import SceneCutDetector, mean_flow_magnitude
-from support.quality_clips import clip_frames, clip_path
+from tests.support.quality_clips import clip_frames, clip_path
 
 SIZE = (128, 96)  # (width, height): small frames keep the tests fast; the detector works on thumbnails anyway
 
