@@ -27,40 +27,20 @@ from .profiles import ModelBundle, load_profile
 log = logging.getLogger(__name__)
 
 
-def _decode(path: str, size: int):
-    """Decode a clip to S×S RGB (OpenCV's FFmpeg backend): centre-crop to square, resize with area averaging."""
-    import cv2
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"clip {path} not found")
-    capture = cv2.VideoCapture(path)
-    if not capture.isOpened():
-        raise ValueError(f"clip {path} cannot be opened as a video")
-    try:
-        while True:
-            ok, bgr = capture.read()
-            if not ok:
-                return
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            h, w = rgb.shape[:2]
-            side = min(h, w)
-            top, left = (h - side) // 2, (w - side) // 2
-            yield cv2.resize(rgb[top : top + side, left : left + side], (size, size), interpolation=cv2.INTER_AREA)
-    finally:
-        capture.release()
-
-
 def clip_frames(path: str, size: int, count: int):
     """Yield `count` S×S RGB frames of a clip, looping it (the decode and resize are timed work)."""
+    from services.ingest.sources import open_source
+
     produced = 0
     while produced < count:
         got = 0
-        for frame in _decode(path, size):
-            yield frame
-            got += 1
-            produced += 1
-            if produced == count:
-                return
+        with open_source(path, size=size) as source:
+            for item in source:
+                yield item.rgb
+                got += 1
+                produced += 1
+                if produced == count:
+                    return
         if got == 0:
             raise ValueError(f"clip {path} has no frames")
 

@@ -89,6 +89,7 @@ class BatchOutput:
     frames: np.ndarray  # (b, S, S, 3) uint8
     streams: list[str]
     indices: list[int]  # per-stream frame index of each row
+    prompts: list[str]  # the instruction each row was encoded with
     timings: dict = field(default_factory=dict)  # ms: side, main, components, latency
     latents: torch.Tensor | None = None
 
@@ -177,6 +178,7 @@ class StreamEngine:
         if self._closed:
             raise EngineError("engine is closed")
         cfg = self.config
+        parts = [(name, self._check_frames(frames)) for name, frames in parts]
         total = sum(len(f) for _, f in parts)
         if total < 1 or total > cfg.batch:
             raise EngineError(f"a batch holds 1..{cfg.batch} frames, got {total}")
@@ -187,7 +189,6 @@ class StreamEngine:
         with self._lock:  # stream counters must advance in submission order
             for name, frames in parts:
                 st = self._stream(name)
-                frames = self._check_frames(frames)
                 start = len(rows)
                 rows += [(st, st.next_index + i) for i in range(len(frames))]
                 refresh = self.adapter is not None and st.refresh_due(cfg.cond_refresh)
@@ -339,7 +340,7 @@ class StreamEngine:
         events += self._mark("main_end")
         b = len(job.rows)
         for st, start, end, _, _ in job.segments:
-            st.last_output = image[end - 1].clone()
+            st.last_output = image[end - 1].clamp(-1, 1)  # the frame as shown, before quantisation
         job.side["out_frames"] = frames[:b].to("cpu", non_blocking=True) if self.cuda else frames[:b].clone()
         if self.config.keep_latents:
             job.side["latents"] = latents[:b].float().to("cpu", non_blocking=True)
@@ -364,7 +365,8 @@ class StreamEngine:
         self.counters["frames"] += b
         out = BatchOutput(
             frames=side["out_frames"].numpy().copy() if self.cuda else side["out_frames"].numpy(),
-            streams=[st.name for st, _ in job.rows], indices=[i for _, i in job.rows], timings=job.timings,
+            streams=[st.name for st, _ in job.rows], indices=[i for _, i in job.rows],
+            prompts=[job.prompts[st.name] for st, _ in job.rows], timings=job.timings,
             latents=side.get("latents"),
         )
         job.future.set_result(out)
@@ -474,6 +476,8 @@ class StreamEngine:
             for thread in self._threads:
                 thread.join()
         self.flows.close()
+        if self.adapter is not None:
+            self.adapter.detach()  # the U-Net is shared with whoever loaded the bundle
 
     def __enter__(self) -> "StreamEngine":
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,6 +197,17 @@ def _qwen_config(tiny: bool):
     return Qwen3VLConfig(text_config=text, vision_config=dict(VISION_TINY if tiny else VISION_FULL), tie_word_embeddings=tie)
 
 
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Build modules directly in `dtype` (half the memory and time of building in float32 and casting)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_synthetic(profile: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> ModelBundle:
     """Random-weight models at real (synthetic-full) or toy (synthetic-tiny) shapes, seeded so every load agrees."""
     from diffusers import AutoencoderTiny, DreamLiteUNetModel
@@ -206,14 +218,14 @@ def build_synthetic(profile: str, device: torch.device, dtype: torch.dtype, seed
     tiny = profile == "synthetic-tiny"
     torch.manual_seed(seed)
     # Build straight on the target device: initialising 2.5 B parameters on the CPU takes minutes.
-    with torch.device(device):
+    with torch.device(device), _default_dtype(dtype):
         unet = DreamLiteUNetModel(**(UNET_TINY if tiny else UNET_FULL))
         vae = AutoencoderTiny(**(VAE_TINY if tiny else VAE_FULL))
         config = _qwen_config(tiny)
         config._attn_implementation = "sdpa"
         text_encoder = Qwen3VLForConditionalGeneration(config)
     bundle = ModelBundle(
-        unet=unet.to(dtype).eval(), vae=vae.to(dtype).eval(), text_encoder=text_encoder.to(dtype).eval(),
+        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
         tokenizer=load_tokenizer(), scheduler=make_scheduler(), vision=VisionPreprocess(), profile=profile,
         random_weights=True,
     )

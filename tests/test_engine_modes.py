@@ -1,0 +1,83 @@
+"""Engine options and errors: encoder modes, live prompt changes, bad frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.gpu.engine import EngineConfig, EngineError, StreamEngine
+from tests.conftest import real_frames
+
+
+def _engine(bundle, **kw):
+    return StreamEngine(EngineConfig(size=64, batch=4, hooks="none", **kw), bundle)
+
+
+def test_batch_one_encodes_one_frame_per_stream_and_batch(tiny_bundle, bikes_path):
+    frames = real_frames(bikes_path, 64, 8)
+    with _engine(tiny_bundle, te_mode="batch_one") as engine:
+        engine.open_stream("s", "oil painting")
+        for n in range(2):
+            out = engine.submit(frames[4 * n : 4 * n + 4], "s").result()
+        assert engine.counters["te_rows"] == 2  # one (padded) encoder row per batch
+        assert out.frames.shape == (4, 64, 64, 3)
+
+
+def test_refresh_every_reuses_the_encoding_across_batches(tiny_bundle, bikes_path):
+    frames = real_frames(bikes_path, 64, 12)
+    with _engine(tiny_bundle, te_mode="refresh_every", te_refresh=2) as engine:
+        engine.open_stream("s", "oil painting")
+        for n in range(3):
+            engine.submit(frames[4 * n : 4 * n + 4], "s").result()
+        assert engine.counters["te_cache_hits"] == 1  # batch 2 reuses batch 1's; batch 3 re-encodes
+        assert engine.counters["te_rows"] == 2
+
+
+def test_per_frame_mode_is_exact_and_encodes_every_frame(tiny_bundle, bikes_path):
+    frames = real_frames(bikes_path, 64, 4)
+    with _engine(tiny_bundle) as engine:
+        engine.open_stream("s", "oil painting")
+        engine.submit(frames, "s").result()
+        assert engine.counters["te_rows"] == 4 and engine.counters["te_cache_hits"] == 0
+
+
+def test_prompt_change_applies_at_the_next_batch(tiny_bundle, bikes_path):
+    frames = real_frames(bikes_path, 64, 4)
+    with _engine(tiny_bundle, keep_latents=True) as engine:
+        engine.open_stream("s", "oil painting")
+        before = engine.submit(frames[:2], "s").result()
+        engine.set_prompt("s", "pencil sketch")
+        after = engine.submit(frames[2:], "s").result()
+    assert before.prompts == ["oil painting"] * 2
+    assert after.prompts == ["pencil sketch"] * 2
+    with _engine(tiny_bundle, keep_latents=True) as engine:  # the same frames under the old prompt differ
+        st = engine.open_stream("s", "oil painting")
+        st.next_index = 2
+        unchanged = engine.submit(frames[2:], "s").result()
+    assert (unchanged.latents - after.latents).abs().max() > 1e-3
+
+
+def test_bad_requests_are_named(tiny_bundle):
+    with _engine(tiny_bundle) as engine:
+        engine.open_stream("s", "oil painting")
+        with pytest.raises(EngineError, match=r"\(b, 64, 64, 3\)"):
+            engine.submit(np.zeros((2, 32, 32, 3), np.uint8), "s")
+        with pytest.raises(EngineError, match="uint8"):
+            engine.submit(np.zeros((2, 64, 64, 3), np.float32), "s")
+        with pytest.raises(EngineError, match="1..4 frames, got 5"):
+            engine.submit(np.zeros((5, 64, 64, 3), np.uint8), "s")
+        with pytest.raises(EngineError, match="unknown stream 'nope'"):
+            engine.submit(np.zeros((1, 64, 64, 3), np.uint8), "nope")
+        with pytest.raises(EngineError, match="already open"):
+            engine.open_stream("s", "again")
+    with pytest.raises(EngineError, match="engine is closed"):
+        engine.submit(np.zeros((1, 64, 64, 3), np.uint8), "s")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("size", 500, "multiple of 64"), ("batch", 0, "out of range"), ("steps", 9, "out of range"),
+    ("te_mode", "sometimes", "te_mode"), ("compile", "fast", "compile"),
+])
+def test_bad_config_is_named(tiny_bundle, field, value, message):
+    with pytest.raises(EngineError, match=message):
+        StreamEngine(EngineConfig(**{field: value}), tiny_bundle)
