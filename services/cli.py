@@ -72,5 +72,50 @@ def bench(
     typer.echo(summary(result))
 
 
+@app.command()
+def run(
+    source: str = typer.Argument(..., help="Video file, rtsp:// URL or webcam device (/dev/videoN)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output MP4 file."),
+    prompt: str = typer.Option(..., help="Edit instruction, e.g. 'make it an oil painting'."),
+    config: str = typer.Option(None, help="YAML settings file (model, engine, service sections)."),
+    profile: str = typer.Option(None, help="synthetic-full, synthetic-tiny or a checkpoint directory."),
+    device: str = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    size: int = typer.Option(None, help="Frame size S (multiple of 64)."),
+    batch: int = typer.Option(None, help="Batch size B."),
+    pace: bool = typer.Option(False, help="Play a file at its native frame rate, like a camera."),
+    taesd: str = typer.Option(None, help="Folder with TAESDXL weights to use as the VAE."),
+    progress: bool = typer.Option(True, help="Show a progress bar for files."),
+) -> None:
+    """Stylise SOURCE into OUTPUT with the full multi-process pipeline, then print a summary."""
+    from services.ingest.errors import SourceError
+    from services.runner import run_pipeline
+    from services.supervisor import SupervisorError
+    from shared.settings import ConfigError, load_settings
+
+    overrides = {k: v for k, v in {
+        "model.profile": profile, "model.device": device, "model.taesd_path": taesd, "engine.size": size,
+        "engine.batch": batch,
+    }.items() if v is not None}
+    overrides["streams"] = [{"name": "main", "source": source, "prompt": prompt, "pace": pace,
+                             "sinks": [{"type": "mp4", "target": output}]}]
+    try:
+        settings = load_settings(config, overrides=overrides)
+        summary = run_pipeline(settings, progress=progress)
+    except ConfigError as exc:
+        typer.echo("error: invalid settings:\n  " + "\n  ".join(exc.problems), err=True)
+        raise typer.Exit(2) from exc
+    except SourceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except SupervisorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for line in summary.lines():
+        typer.echo(line)
+    failed = [n for n, info in summary.streams.items() if info["state"] == "failed"]
+    if failed or summary.interrupted:
+        raise typer.Exit(1 if failed else 130)
+
+
 if __name__ == "__main__":
     app()

@@ -167,6 +167,7 @@ class Styled(Message):
     t_main_done: Timestamp
     flags: int = Field(0, ge=0, lt=2**16)
     pts: float | None = None
+    prompt_version: int = Field(0, ge=0, lt=2**31, description="Which of the stream's prompts styled this frame (bumps on each change).")
 
 
 class FrameDropped(Message):

@@ -37,7 +37,7 @@ from shared.settings import check_stream_name
 SEGMENT_PREFIX = "stylecast-"
 N_TIMES = 4  # timestamps kept per slot (free for the writer to assign, e.g. capture/ingest)
 _MAGIC = b"SCRING01"
-_LAYOUT_VERSION = 1
+_LAYOUT_VERSION = 2
 _RING_HEADER_BYTES = 256
 _SLOT_HEADER_BYTES = 64
 _ALIGN = 64
@@ -58,6 +58,8 @@ _RING_HEADER = np.dtype(
         ("_pad", "<u4"),
         ("shape", "<u8", (_MAX_DIMS,)),
         ("dtype", "S16"),
+        ("written", "<u8"),  # writes so far (the writer's count)
+        ("released", "<u8"),  # writes the consumer is done with: slots up to here may be reused
     ]
 )
 assert _RING_HEADER.itemsize <= _RING_HEADER_BYTES
@@ -292,6 +294,7 @@ class Ring:
 
         slot = self._next_slot
         self._next_slot = (slot + 1) % self.slots
+        self._header["written"] = int(self._header["written"]) + 1
         current = int(self._gens[slot])
         writing = current + 1 if current % 2 == 0 else current + 2  # odd; a crashed writer may have left it odd
         self._gens[slot] = writing
@@ -300,6 +303,47 @@ class Ring:
         np.copyto(self._payloads[slot], payload)
         self._gens[slot] = writing + 1
         return slot, writing + 1
+
+    # ---- credits: a consumer that must not lose frames tells the writer what it is done with -----
+
+    @property
+    def written(self) -> int:
+        return int(self._header["written"])
+
+    @property
+    def released(self) -> int:
+        return int(self._header["released"])
+
+    def in_use(self) -> int:
+        """Writes the consumer has not released yet."""
+        return self.written - self.released
+
+    def has_space(self) -> bool:
+        """True if the next write overwrites nothing the consumer still holds."""
+        return self.in_use() < self.slots
+
+    def wait_for_space(self, timeout_s: float, poll_s: float = 0.001, stop=None) -> bool:
+        """Writer of a lossless stream: wait until a slot is free; False on timeout or when `stop()` is true."""
+        deadline = time.monotonic() + timeout_s
+        while not self.has_space():
+            if time.monotonic() >= deadline or (stop is not None and stop()):
+                return False
+            time.sleep(poll_s)
+        return True
+
+    def write_index(self, slot: int, generation: int) -> int:
+        """Position of the write (slot, generation) in the writer's sequence of writes (0-based).
+
+        Writes go round the slots in order and each bumps its slot's generation by 2, so the index
+        follows from the pair; release(write_index + 1) frees everything up to that write.
+        """
+        return (generation // 2 - 1) * self.slots + slot
+
+    def release(self, count: int) -> None:
+        """Consumer: writes 0..count-1 may be overwritten. Monotonic; a smaller count is ignored."""
+        self._check_open()
+        if count > self.released:
+            self._header["released"] = min(count, self.written)
 
     # ---- readers --------------------------------------------------------------------------------
 

@@ -255,10 +255,12 @@ class ModelSettings(_Section):
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Compute dtype: 'auto' is bfloat16 on CUDA and float32 on CPU. float16 is not offered: the encoder overflows it."
     )
-    compile_mode: Literal["auto", "none", "default", "reduce-overhead", "max-autotune"] = Field(
+    compile_mode: Literal["auto", "none", "default", "max-autotune-no-cudagraphs"] = Field(
         "auto",
-        description="torch.compile mode for the U-Net (+LLLite): 'auto' is reduce-overhead (CUDA graphs) on CUDA and none on CPU.",
+        description="torch.compile mode for the U-Net (+LLLite): 'auto' is default on CUDA and none on CPU. "
+        "The engine captures its own CUDA graphs per batch bucket, so no cudagraph mode is offered.",
     )
+    cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
 
     @field_validator("profile")
     @classmethod

@@ -276,3 +276,25 @@ def test_unlink_stale_keeps_a_live_ring_in_dev_shm(run_id: str) -> None:
     with Ring.create(run_id, "cam", "in", slots=2, shape=(8,), dtype=np.uint8) as ring:
         assert ring.name not in unlink_stale()
         assert (SHM / ring.name).exists()
+
+
+def test_credits_block_a_lossless_writer_until_the_consumer_releases():
+    from shared.ring import Ring
+    from shared.runtime import new_run_id
+
+    ring = Ring.create(new_run_id(), "credits", "in", slots=3, shape=(2,), dtype="u1")
+    try:
+        refs = [ring.write(np.full(2, i, np.uint8), seq=i) for i in range(3)]
+        assert [ring.write_index(*r) for r in refs] == [0, 1, 2]
+        assert not ring.has_space() and ring.in_use() == 3
+        assert ring.wait_for_space(timeout_s=0.05) is False
+        ring.release(2)
+        assert ring.has_space() and ring.in_use() == 1
+        slot, gen = ring.write(np.full(2, 3, np.uint8), seq=3)
+        assert ring.write_index(slot, gen) == 3 and slot == 0
+        ring.release(1)  # going backwards is ignored
+        assert ring.released == 2
+        ring.release(99)  # never past what was written
+        assert ring.released == ring.written == 4
+    finally:
+        ring.unlink()

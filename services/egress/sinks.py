@@ -215,7 +215,9 @@ class RtspSink(EncodedSink):
 
 
 class HlsSink(EncodedSink):
-    """MPEG-TS segments of `segment_s` seconds and a playlist `index.m3u8` in a directory.
+    """MPEG-TS segments of `segment_s` seconds and a playlist in a directory.
+
+    `target` is the directory (playlist `index.m3u8`) or the playlist path itself (`…/name.m3u8`).
 
     playlist_size 0 keeps every segment in the playlist (a recording, VOD once closed); N > 0
     keeps a sliding live window of N segments and deletes older segment files.
@@ -229,8 +231,9 @@ class HlsSink(EncodedSink):
                  segment_s: float = 2.0, playlist_size: int = 0, settings: H264Settings | None = None) -> None:
         if segment_s <= 0 or playlist_size < 0:
             raise ValueError("segment_s must be positive and playlist_size >= 0")
-        self.directory = Path(directory)
-        self.playlist_path = self.directory / self.PLAYLIST
+        target = Path(directory)
+        self.directory = target.parent if target.suffix == ".m3u8" else target
+        self.playlist_path = target if target.suffix == ".m3u8" else self.directory / self.PLAYLIST
         self.segment_s, self.playlist_size = segment_s, playlist_size
         check_writable_directory(self.directory)
         gop = max(1, round(segment_s * float(exact_rate(fps))))

@@ -38,7 +38,7 @@ class FlowPool:
     def __init__(self, workers: int = 8):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flow")
 
-    def submit(self, previous: np.ndarray, currents: np.ndarray) -> Future:
+    def submit(self, previous: np.ndarray, currents: np.ndarray, refs=None) -> Future:
         out: Future = Future()
         remaining = [len(currents)]
         lock = threading.Lock()

@@ -65,6 +65,7 @@ class EngineConfig:
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
     pipeline_depth: int = 2  # batches queued ahead of the side stage
     flow_workers: int = 8
+    flow_timeout_s: float = 10.0  # a refresh whose flow takes longer keeps the previous conditioning
     keep_latents: bool = False  # return final latents too (tests)
 
     def validate(self) -> None:
@@ -108,7 +109,9 @@ class _Job:
 
 
 class StreamEngine:
-    def __init__(self, config: EngineConfig, bundle: ModelBundle):
+    def __init__(self, config: EngineConfig, bundle: ModelBundle, flow_provider=None):
+        """`flow_provider.submit(previous, currents, refs=None) -> Future[(b, S, S, 2) float32]` computes the
+        backward flows of a refresh batch; by default a thread pool here, in the service the flow process."""
         config.validate()
         self.config = config
         self.bundle = bundle
@@ -129,14 +132,15 @@ class StreamEngine:
         if self.cuda and config.compile != "none":
             self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
         self.streams: dict[str, StreamState] = {}
-        self.flows = FlowPool(config.flow_workers)
+        self._own_flows = flow_provider is None
+        self.flows = FlowPool(config.flow_workers) if flow_provider is None else flow_provider
         self._graphs: dict[tuple, CapturedCall] = {}
         self._pools: dict[str, object] = {}
         self._adapter_rows: tuple | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._threads: list[threading.Thread] = []
-        self.counters = {"batches": 0, "frames": 0, "refreshes": 0, "te_rows": 0, "te_cache_hits": 0}
+        self.counters = {"batches": 0, "frames": 0, "refreshes": 0, "refresh_failures": 0, "te_rows": 0, "te_cache_hits": 0}
         if self.cuda:
             self.side_stream = torch.cuda.Stream(self.device)
             self.main_stream = torch.cuda.Stream(self.device)
@@ -173,8 +177,11 @@ class StreamEngine:
         """Queue (b, S, S, 3) uint8 frames of one stream; returns a Future of BatchOutput."""
         return self.submit_mixed([(stream, frames)])
 
-    def submit_mixed(self, parts: list[tuple[str, np.ndarray]]) -> Future:
-        """Queue one batch made of consecutive frames of several streams (each stream's rows stay in order)."""
+    def submit_mixed(self, parts: list[tuple[str, np.ndarray]], refs: dict | None = None) -> Future:
+        """Queue one batch made of consecutive frames of several streams (each stream's rows stay in order).
+
+        `refs[stream]` is handed to the flow provider with that stream's frames (ring slots in the service).
+        """
         if self._closed:
             raise EngineError("engine is closed")
         cfg = self.config
@@ -192,7 +199,7 @@ class StreamEngine:
                 start = len(rows)
                 rows += [(st, st.next_index + i) for i in range(len(frames))]
                 refresh = self.adapter is not None and st.refresh_due(cfg.cond_refresh)
-                flow = self.flows.submit(st.last_input, frames) if refresh else None
+                flow = self.flows.submit(st.last_input, frames, refs=(refs or {}).get(name)) if refresh else None
                 segments.append((st, start, len(rows), refresh, flow))
                 st.next_index += len(frames)
                 st.batches += 1
@@ -202,6 +209,7 @@ class StreamEngine:
             bucket = next(b for b in self.buckets if b >= total)
             prompts = {name: self.streams[name].prompt for name in names}
             job = _Job(rows, np.concatenate(arrays), segments, prompts, bucket, Future(), time.perf_counter())
+            job.timings["t_submit"] = time.monotonic()
         if not self.cuda:
             self._run_inline(job)
         else:
@@ -301,8 +309,18 @@ class StreamEngine:
         return F.pad(embeds, (0, 0, 0, target - length)), F.pad(mask, (0, target - length))
 
     def _refresh(self, st: StreamState, start: int, end: int, flow_future) -> None:
-        """Warp the stream's previous output onto each new input and rebuild its adapter embedding."""
-        flows = torch.from_numpy(flow_future.result()).to(self.device, non_blocking=True)
+        """Warp the stream's previous output onto each new input and rebuild its adapter embedding.
+
+        A refresh whose flow failed (e.g. a live source overwrote the frames) keeps the previous
+        conditioning; it is logged and counted, never silent.
+        """
+        try:
+            flows = flow_future.result(timeout=self.config.flow_timeout_s)
+        except Exception as exc:
+            log.warning("stream %s: conditioning refresh skipped, flow failed: %s", st.name, exc)
+            self.counters["refresh_failures"] += 1
+            return
+        flows = torch.from_numpy(flows).to(self.device, non_blocking=True)
         cond = warp_on_device(st.last_output, flows).to(self.dtype)
         st.cond = self.adapter.compute_embeddings(cond)
         st.cond_version += 1
@@ -360,6 +378,7 @@ class StreamEngine:
                 unet_ms=me[1].elapsed_time(me[2]), decode_ms=me[2].elapsed_time(me[3]), main_ms=me[0].elapsed_time(me[3]),
             )
         job.timings["latency_ms"] = (time.perf_counter() - job.t_submit) * 1e3
+        job.timings["t_done"] = time.monotonic()
         b = len(job.rows)
         self.counters["batches"] += 1
         self.counters["frames"] += b
@@ -475,7 +494,8 @@ class StreamEngine:
             self._side_q.put(None)
             for thread in self._threads:
                 thread.join()
-        self.flows.close()
+        if self._own_flows:
+            self.flows.close()
         if self.adapter is not None:
             self.adapter.detach()  # the U-Net is shared with whoever loaded the bundle
 

@@ -1,0 +1,118 @@
+"""Egress process, one per stream: take styled frames in order from the output ring and write them to
+every sink of the stream (MP4, RTSP push, HLS, MJPEG preview).
+
+    python -m services.egress --stream NAME --fps FPS      (started by the supervisor)
+
+Each frame is released back to the GPU worker once written, so a file stream never loses one; the
+end-of-stream marker (sent by the worker after the last frame) finalises the sinks. End-to-end and
+per-stage latencies are recorded here, where a frame's journey ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from fractions import Fraction
+
+from services.egress.errors import SinkError
+from services.egress.sinks import open_sink
+from shared.process import EXIT_FAILED_STREAM, ChildProcess
+from shared.protocol import ProcessState, Styled, StreamState, StreamStatus, now
+from shared.ring import Ring, StaleSlot
+
+log = logging.getLogger("stylecast.egress")
+
+
+class Egress:
+    def __init__(self, proc: ChildProcess, stream: str, fps: float):
+        self.proc = proc
+        self.name = stream
+        self.cfg = proc.settings.stream(stream)
+        size = proc.settings.engine.size
+        self.ring = Ring.attach(proc.run.run_id, stream, "out", shape=(size, size, 3), dtype="u1")
+        self.styled = proc.bus.socket("SUB", "styled", bind=False, subscribe=(stream,))
+        rate = Fraction(fps).limit_denominator(1001)
+        self.sinks = [open_sink(s.type, s.target.reveal() if s.target else "127.0.0.1:0", size=size, fps=rate)
+                      for s in self.cfg.sinks]
+        previews = [sink.url for sink in self.sinks if hasattr(sink, "url")]
+        # A SUB socket hears only what is published after its subscription reached the publisher:
+        # give it a moment before saying READY (the supervisor starts the stream's ingest after that).
+        time.sleep(0.2)
+        self.written = 0
+        self.last_seq = -1
+        self.latencies: list[float] = []  # end-to-end seconds of every written frame, for the run summary
+        self.first_write: float | None = None
+        proc.set_state(ProcessState.READY, " ".join(f"preview={url}" for url in previews))
+
+    def run(self) -> int:
+        while not self.proc.stop.is_set():
+            msg = self.styled.recv(timeout_s=0.2, expect=(Styled, StreamState))
+            if msg is None:
+                continue
+            if isinstance(msg, StreamState):
+                self._close(f"end of stream after {self.written} frames")
+                return 0
+            self._write(msg)
+        self._close(f"stopped after {self.written} frames")
+        return 0
+
+    def _write(self, msg: Styled) -> None:
+        if msg.seq <= self.last_seq:  # order is the contract: an old frame after a newer one is dropped
+            self.proc.dropped(self.name, msg.seq, "egress", "out_of_order")
+            return
+        try:
+            frame = self.ring.read(msg.slot, msg.generation)
+        except StaleSlot:
+            self.proc.dropped(self.name, msg.seq, "egress", "overwritten")
+            return
+        self.ring.release(self.ring.write_index(msg.slot, msg.generation) + 1)
+        for sink in self.sinks:
+            if sink.failed:
+                continue
+            try:
+                sink.write(frame)
+            except SinkError as exc:  # one broken output must not stop the others
+                self.proc.error("sink_failed", f"{sink.kind} sink {sink.target}: {exc}", stream=self.name, seq=msg.seq)
+        t_done = now()
+        self.proc.metrics.observe_latencies(
+            self.name, t_capture=msg.t_capture, t_ingest=msg.t_ingest, t_batch_start=msg.t_batch_start,
+            t_side_done=msg.t_side_done, t_main_done=msg.t_main_done, t_egress_done=t_done,
+        )
+        self.proc.metrics.count_frames(self.name, "egress", "processed")
+        self.written += 1
+        self.last_seq = msg.seq
+        self.latencies.append(t_done - msg.t_capture)
+        self.first_write = self.first_write or t_done
+        self.proc.detail = f"written={self.written}"
+
+    def _close(self, reason: str) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except SinkError as exc:
+                self.proc.error("sink_failed", f"{sink.kind} sink {sink.target}: {exc}", stream=self.name)
+        self.proc.write_summary({"written": self.written, "latencies_s": self.latencies,
+                                 "first_write": self.first_write, "last_write": now()})
+        self.proc.stream_state(self.name, StreamStatus.STOPPED, reason)
+        log.info("%s: %s", self.name, reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.egress", description=__doc__.splitlines()[0])
+    parser.add_argument("--stream", required=True)
+    parser.add_argument("--fps", type=float, required=True)
+    args = parser.parse_args(argv)
+    with ChildProcess(f"egress-{args.stream}") as proc:
+        try:
+            egress = Egress(proc, args.stream, args.fps)
+        except SinkError as exc:
+            proc.error("sink_failed", str(exc), stream=args.stream)
+            proc.stream_state(args.stream, StreamStatus.FAILED, str(exc))
+            return EXIT_FAILED_STREAM
+        return egress.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

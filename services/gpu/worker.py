@@ -1,0 +1,400 @@
+"""The GPU worker process: hosts the StreamEngine and serves every stream of the node.
+
+Frames of all streams arrive on one socket; each stream keeps its own queue. Batches are formed
+latency-aware: dispatch when B frames wait, when the oldest has waited `max_batch_wait_ms`, or when a
+stream ends; frames of several streams share a batch, oldest first, each stream's frames in order.
+Finished batches are written to the streams' output rings and announced to their egress processes.
+
+Credits keep file streams lossless: input slots are released once their frames are copied (the last
+frame of each stream is kept one batch longer, as the next refresh's flow source, and a refresh
+batch's frames until the flow process answered); an output slot is written only when egress has
+released one (live streams never wait: egress counts what it lost). Live streams whose queue grows
+past two batches drop their oldest frames, counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from services.gpu.engine import BatchOutput, EngineConfig, EngineError, StreamEngine
+from services.gpu.profiles import load_profile
+from shared.bus import wait_readable
+from shared.process import ChildProcess
+from shared.protocol import (
+    Ack, AddStream, FlowReady, FlowRequest, Frame, FrameFlags, ProcessState, RemoveStream, SetPrompt, SlotRef,
+    Stop, Styled, StreamState, StreamStatus, now,
+)
+from shared.ring import Ring, RingError, StaleSlot
+from shared.settings import Settings
+
+log = logging.getLogger("stylecast.gpu")
+
+FLOW_TIMEOUT_S = 5.0
+
+
+def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
+    e, m = settings.engine, settings.model
+    compile_mode = m.compile_mode if m.compile_mode != "auto" else ("default" if cuda else "none")
+    return EngineConfig(
+        size=e.size, batch=e.batch, steps=e.steps, hooks=e.lllite_hooks,
+        adapter_weights=str(e.lllite_weights) if e.lllite_weights else None, multiplier=e.lllite_multiplier,
+        cond_refresh=e.cond_refresh, te_mode=e.text_encoder_mode, te_refresh=e.text_encoder_refresh,
+        encoder_size=e.encoder_image_size, compile=compile_mode, cuda_graphs=m.cuda_graphs,
+    )
+
+
+class FlowClient:
+    """The engine's flow provider in the service: asks the flow process, reads answers from the flow ring."""
+
+    def __init__(self, proc: ChildProcess, size: int):
+        self.proc = proc
+        self.size = size
+        self.requests = proc.bus.socket("PUSH", "flow_requests", bind=True)
+        self._pending: dict[tuple[str, int], tuple[Future, int]] = {}
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._answers, name="flow-answers", daemon=True)
+        self._thread.start()
+
+    def submit(self, previous, currents, refs=None) -> Future:
+        future: Future = Future()
+        if refs is None or refs.get("source") is None:
+            future.set_exception(RuntimeError("no previous frame to compute a flow from"))
+            return future
+        with self._lock:
+            batch_id = self._next_id
+            self._next_id += 1
+            self._pending[(refs["stream"], batch_id)] = (future, refs["source"].seq)
+        req = FlowRequest(stream=refs["stream"], batch_id=batch_id, source=refs["source"], targets=refs["targets"])
+        if not self.requests.send(req, timeout_s=1.0):
+            future.set_exception(RuntimeError("the flow process is not taking requests"))
+        return future
+
+    def holds(self, stream: str) -> int | None:
+        """Seq of the oldest frame a pending flow of `stream` still has to read, if any."""
+        with self._lock:
+            seqs = [seq for (name, _), (_, seq) in self._pending.items() if name == stream]
+        return min(seqs) if seqs else None
+
+    def _answers(self) -> None:
+        answers = self.proc.bus.socket("PULL", "flow_ready", bind=True)
+        rings: dict[str, Ring] = {}
+        try:
+            while not self._done.is_set():
+                msg = answers.recv(timeout_s=0.2, expect=(FlowReady,))
+                if msg is None:
+                    continue
+                with self._lock:
+                    entry = self._pending.pop((msg.stream, msg.batch_id), None)
+                if entry is None:
+                    continue
+                future = entry[0]
+                if msg.failed:
+                    future.set_exception(RuntimeError(msg.failed))
+                    continue
+                try:
+                    ring = Ring.attach(self.proc.run.run_id, msg.stream, "flow", shape=(self.size, self.size, 2), dtype="f4")
+                    with ring:
+                        future.set_result(np.stack([ring.read(t.slot, t.generation) for t in msg.targets]))
+                except (StaleSlot, RingError) as exc:
+                    future.set_exception(exc)
+        finally:
+            answers.close(linger_ms=0)
+            for ring in rings.values():
+                ring.close()
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=2)
+
+
+@dataclass
+class WorkerStream:
+    name: str
+    live: bool
+    in_ring: Ring
+    out_ring: Ring
+    queue: collections.deque = field(default_factory=collections.deque)  # Frame messages waiting
+    ending: bool = False  # the source ended: flush, then send the end marker
+    in_flight: int = 0  # frames submitted, not yet written out
+    last_ref: SlotRef | None = None  # previous batch's last frame: the next refresh's flow source
+    prompt_version: int = 0
+    removed: bool = False
+
+
+@dataclass
+class BatchMeta:
+    batch_id: int
+    rows: list[tuple[WorkerStream, Frame]]
+    versions: dict[str, int]
+
+
+class GpuWorker:
+    def __init__(self, proc: ChildProcess):
+        self.proc = proc
+        s = proc.settings
+        self.size = s.engine.size
+        self.batch = s.engine.batch
+        self.max_wait = s.engine.max_batch_wait_ms / 1000
+        self.frames = proc.bus.socket("PULL", "frames", bind=True)
+        self.styled = proc.bus.socket("PUB", "styled", bind=True)
+        self.control = proc.bus.socket("DEALER", "control", bind=False, identity=proc.name.encode())
+        self.streams: dict[str, WorkerStream] = {}
+        self.results: queue.Queue = queue.Queue()
+        self.pending: collections.deque[tuple[BatchMeta, object]] = collections.deque()  # results in batch order
+        self.in_flight = 0
+        self.next_batch = 0
+        self.draining = False
+        bundle = load_profile(s.model.profile, s.model.device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
+        self.device = str(bundle.device)
+        self.flows = FlowClient(proc, self.size)
+        self.engine = StreamEngine(engine_config(s, bundle.device.type == "cuda"), bundle, flow_provider=self.flows)
+        self._warm_up()
+        log.info("engine ready: %s, %s", bundle.describe(), self.engine.config)
+
+    def _warm_up(self) -> None:
+        """Compile and capture every batch shape before saying READY, so no stream pays for it."""
+        rng = np.random.default_rng(0)
+        self.engine.open_stream("__warmup__", "make it an oil painting")
+        for bucket in self.engine.buckets:
+            for _ in range(2):  # the second batch takes the adapter's refresh path
+                frames = rng.integers(0, 255, (bucket, self.size, self.size, 3), dtype=np.uint8)
+                self.engine.submit(frames, "__warmup__").result()
+        self.engine.close_stream("__warmup__")
+        self.engine.counters = dict.fromkeys(self.engine.counters, 0)
+    # ---- control ---------------------------------------------------------------------------------------
+
+    def _handle_control(self, msg) -> None:
+        ok, error = True, None
+        try:
+            if isinstance(msg, AddStream):
+                self._add_stream(msg.stream)
+            elif isinstance(msg, RemoveStream):
+                self._remove_stream(msg.stream)
+            elif isinstance(msg, SetPrompt):
+                st = self._stream(msg.stream)
+                self.engine.set_prompt(msg.stream, msg.prompt)
+                st.prompt_version += 1
+                log.info("stream %s: prompt version %d from the next batch", msg.stream, st.prompt_version)
+            elif isinstance(msg, Stop):
+                self.draining = True
+                if not msg.drain:
+                    self.proc.stop.set()
+        except (EngineError, KeyError, RingError, ValueError) as exc:
+            ok, error = False, str(exc)
+        self.control.send(Ack(request_id=msg.request_id, ok=ok, error=error))
+
+    def _stream(self, name: str) -> WorkerStream:
+        if name not in self.streams:
+            raise KeyError(f"unknown stream {name!r}")
+        return self.streams[name]
+
+    def _add_stream(self, cfg) -> None:
+        if cfg.name in self.streams:
+            self._remove_stream(cfg.name)  # a re-sent AddStream (e.g. after a supervisor restart) starts it afresh
+        run = self.proc.run.run_id
+        shape = (self.size, self.size, 3)
+        in_ring = Ring.attach(run, cfg.name, "in", shape=shape, dtype="u1")
+        out_ring = Ring.attach(run, cfg.name, "out", shape=shape, dtype="u1")
+        live = cfg.live if cfg.live is not None else cfg.kind != "file"
+        seed = cfg.seed if cfg.seed is not None else self.proc.settings.engine.seed
+        self.engine.open_stream(cfg.name, cfg.prompt, seed=seed)
+        self.engine.streams[cfg.name].next_index = in_ring.written
+        self.streams[cfg.name] = WorkerStream(cfg.name, live, in_ring, out_ring)
+        log.info("stream %s added (%s)", cfg.name, "live" if live else "lossless")
+
+    def _remove_stream(self, name: str) -> None:
+        st = self._stream(name)
+        st.removed = True
+        self.engine.close_stream(name)
+        del self.streams[name]
+        if not st.in_flight:
+            self._close_rings(st)
+
+    @staticmethod
+    def _close_rings(st: WorkerStream) -> None:
+        st.in_ring.close()
+        st.out_ring.close()
+
+    # ---- input -----------------------------------------------------------------------------------------
+
+    def _handle_frame(self, msg) -> None:
+        st = self.streams.get(msg.stream)
+        if st is None:
+            return  # a stream removed a moment ago
+        if self.draining and isinstance(msg, Frame):  # shutting down: accepted frames finish, new ones are counted
+            self.proc.dropped(st.name, msg.seq, "gpu", "shutdown")
+            return
+        if isinstance(msg, StreamState):  # the source ended (or failed): flush what is queued
+            st.ending = True
+            return
+        st.queue.append(msg)
+        limit = 2 * self.batch
+        while st.live and len(st.queue) > limit:  # behind on a live source: the oldest frame goes
+            old = st.queue.popleft()
+            self.proc.dropped(st.name, old.seq, "gpu", "behind")
+        self.proc.metrics.queue_depth.labels(st.name, "gpu").set(len(st.queue))
+
+    def _ready_to_dispatch(self) -> bool:
+        waiting = [st for st in self.streams.values() if st.queue]
+        if not waiting or self.in_flight >= self.engine.config.pipeline_depth + 1:
+            return False
+        total = sum(len(st.queue) for st in waiting)
+        oldest = min(st.queue[0].t_ingest for st in waiting)
+        ending = any(st.ending for st in waiting)
+        return total >= self.batch or now() - oldest >= self.max_wait or ending or self.draining
+
+    def _dispatch(self) -> None:
+        while self._ready_to_dispatch():
+            parts, refs, rows = [], {}, []
+            budget = self.batch
+            for st in sorted((s for s in self.streams.values() if s.queue), key=lambda s: s.queue[0].t_ingest):
+                if not budget:
+                    break
+                frames, msgs = [], []
+                while st.queue and budget:
+                    msg = st.queue.popleft()
+                    try:
+                        frames.append(st.in_ring.read(msg.slot, msg.generation))
+                    except StaleSlot:
+                        self.proc.dropped(st.name, msg.seq, "gpu", "overwritten")
+                        continue
+                    msgs.append(msg)
+                    budget -= 1
+                if not msgs:
+                    continue
+                if any(m.flags & (FrameFlags.SCENE_CUT | FrameFlags.DISCONTINUITY) for m in msgs):
+                    self.engine.streams[st.name].force_refresh = True
+                targets = [SlotRef(seq=m.seq, slot=m.slot, generation=m.generation) for m in msgs]
+                refs[st.name] = {"stream": st.name, "source": st.last_ref, "targets": targets}
+                parts.append((st.name, np.stack(frames)))
+                rows += [(st, m) for m in msgs]
+                st.last_ref = targets[-1]
+                st.in_flight += len(msgs)
+            if not parts:
+                return
+            meta = BatchMeta(self.next_batch, rows, {st.name: st.prompt_version for st, _ in rows})
+            self.next_batch += 1
+            t0 = time.monotonic()
+            future = self.engine.submit_mixed(parts, refs)
+            self.in_flight += 1
+            log.debug("batch %d: %s submitted in %.1f ms", meta.batch_id, {n: len(f) for n, f in parts}, (time.monotonic() - t0) * 1e3)
+            future.add_done_callback(lambda f, meta=meta: self.results.put((meta, f)))
+            self.proc.metrics.batch_size.labels(self.device).observe(len(rows))
+            for st in {st.name: st for st, _ in rows}.values():
+                self._release_inputs(st)
+
+    def _release_inputs(self, st: WorkerStream) -> None:
+        """Free input slots the worker and the flow process no longer need (the last frame stays)."""
+        if st.last_ref is None:
+            return
+        keep = st.last_ref.seq
+        held = self.flows.holds(st.name)
+        if held is not None:
+            keep = min(keep, held)
+        st.in_ring.release(keep)  # seq == write index on input rings
+
+    # ---- output ----------------------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                self.pending.append(self.results.get_nowait())
+            except queue.Empty:
+                break
+        while self.pending:
+            meta, future = self.pending[0]
+            if not self._write_batch(meta, future):
+                return  # a lossless stream's egress is behind: retry on the next turn, in order
+            self.pending.popleft()
+            self.in_flight -= 1
+        for st in list(self.streams.values()):
+            self._release_inputs(st)
+            if st.ending and not st.queue and not st.in_flight:
+                self._end_stream(st)
+
+    def _write_batch(self, meta: BatchMeta, future) -> bool:
+        exc = future.exception()
+        if exc is not None:
+            log.error("batch %d failed: %s", meta.batch_id, exc)
+            for st, msg in meta.rows:
+                self.proc.dropped(st.name, msg.seq, "gpu", "error")
+                st.in_flight -= 1
+            meta.rows = []
+            return True
+        out: BatchOutput = future.result()
+        timings = out.timings
+        t_start, t_done = timings["t_submit"], timings["t_done"]
+        t_side = max(t_start, t_done - timings.get("main_ms", 0.0) / 1000)
+        while meta.rows:
+            st, msg = meta.rows[0]
+            row = len(out.frames) - len(meta.rows)
+            if st.removed:
+                st.in_flight -= 1
+                meta.rows.pop(0)
+                if not st.in_flight:
+                    self._close_rings(st)
+                continue
+            if not st.live and not st.out_ring.has_space():
+                return False
+            slot, generation = st.out_ring.write(out.frames[row], msg.seq)
+            self.styled.send(Styled(
+                stream=st.name, seq=msg.seq, slot=slot, generation=generation, batch_id=meta.batch_id,
+                t_capture=msg.t_capture, t_ingest=msg.t_ingest, t_batch_start=t_start, t_side_done=t_side,
+                t_main_done=t_done, flags=msg.flags, pts=msg.pts, prompt_version=meta.versions[st.name],
+            ), topic=st.name, timeout_s=None)
+            self.proc.metrics.count_frames(st.name, "gpu", "processed")
+            st.in_flight -= 1
+            meta.rows.pop(0)
+        self.proc.metrics.batch_wall.labels(self.device, "side").observe(timings.get("side_ms", 0.0) / 1000)
+        self.proc.metrics.batch_wall.labels(self.device, "main").observe(timings.get("main_ms", 0.0) / 1000)
+        return True
+
+    def _end_stream(self, st: WorkerStream) -> None:
+        """All of an ended stream's frames are out: tell its egress, then forget the stream."""
+        self.styled.send(StreamState(stream=st.name, state=StreamStatus.STOPPED, reason="end_of_stream", time=now()),
+                         topic=st.name, timeout_s=None)
+        log.info("stream %s ended", st.name)
+        self.engine.close_stream(st.name)
+        del self.streams[st.name]
+        self._close_rings(st)
+
+    # ---- loop --------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.proc.set_state(ProcessState.READY, f"device={self.device}")
+        channels = [self.frames, self.control]
+        while True:
+            if self.proc.stop.is_set():
+                self.draining = True  # SIGTERM drains too: what was accepted is written or counted
+            busy = self.in_flight or any(st.queue for st in self.streams.values())
+            if self.draining and not busy:
+                for st in list(self.streams.values()):
+                    self._end_stream(st)
+                break
+            for channel in wait_readable(channels, 0.002 if busy else 0.05):
+                for _ in range(256):  # drain what is there without starving the other socket
+                    msg = channel.recv(timeout_s=0)
+                    if msg is None:
+                        break
+                    if channel is self.control:
+                        self._handle_control(msg)
+                    else:
+                        self._handle_frame(msg)
+            self._collect()
+            self._dispatch()
+            if self.device.startswith("cuda"):
+                self.proc.metrics.gpu_memory.labels(self.device, "allocated").set(torch.cuda.memory_allocated())
+        self.engine.close()
+        self.flows.close()
+        return 0
