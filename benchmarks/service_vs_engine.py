@@ -1,0 +1,66 @@
+"""The cost of the process split: `stylecast run` (all processes) against the engine alone, same clip, same call.
+
+    python benchmarks/service_vs_engine.py --profile synthetic-full --clip CLIP --frames 480 [--out benchmarks/results]
+
+Both figures are frames over wall-clock seconds after warm-up (the engine bench drops its warm-up
+batches; the service starts its clock once the GPU worker has compiled and captured and said READY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from services.gpu.bench import bench
+from services.gpu.engine import EngineConfig
+from services.runner import run_pipeline
+from shared.settings import load_settings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="synthetic-full")
+    parser.add_argument("--clip", required=True)
+    parser.add_argument("--frames", type=int, default=480)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prompt", default="make it an oil painting")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    engine = bench(args.profile, args.clip, args.prompt, EngineConfig(size=args.size, batch=args.batch),
+                   frames=args.frames, naive_steps=(), out_dir=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(None, overrides={
+            "model.profile": args.profile, "engine.size": args.size, "engine.batch": args.batch,
+            "streams": [{"name": "bench", "source": args.clip, "prompt": args.prompt,
+                         "sinks": [{"type": "mp4", "target": str(Path(tmp) / "out.mp4")}]}],
+        })
+        service = run_pipeline(settings, progress=False)
+    record = {
+        "kind": "service_vs_engine", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        **{k: engine[k] for k in ("card", "torch", "cuda", "diffusers", "transformers", "profile", "random_weights", "note")
+           if k in engine},
+        "clip": Path(args.clip).name, "config": engine["config"],
+        "engine": {k: engine["engine"][k] for k in ("fps", "frames", "wall_s", "batch_wall_ms_p50", "batch_wall_ms_p95")},
+        "service": {"fps": service.fps, "frames_in": service.frames_in, "frames_out": service.frames_out,
+                    "dropped": service.dropped, "wall_s": service.wall_s,
+                    "latency_ms_p50": service.latency_ms_p50, "latency_ms_p95": service.latency_ms_p95},
+    }
+    record["service_over_engine"] = service.fps / engine["engine"]["fps"]
+    print(json.dumps(record, indent=2))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        card = record.get("card", "unknown").replace(" ", "_")
+        (Path(args.out) / f"service_vs_engine_{args.profile}_{card}_B{args.batch}_{stamp}.json").write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
