@@ -48,8 +48,9 @@ def main() -> int:
            if k in engine},
         "clip": Path(args.clip).name, "config": engine["config"],
         "engine": {k: engine["engine"][k] for k in ("fps", "frames", "wall_s", "batch_wall_ms_p50", "batch_wall_ms_p95")},
-        "service": {"fps": service.fps, "frames_in": service.frames_in, "frames_out": service.frames_out,
-                    "dropped": service.dropped, "wall_s": service.wall_s,
+        "service": {"fps": service.fps, "wall_fps": service.wall_fps, "frames_in": service.frames_in,
+                    "frames_out": service.frames_out, "dropped": service.dropped, "wall_s": service.wall_s,
+                    "stage_means_ms": service.stage_means_ms,
                     "latency_ms_p50": service.latency_ms_p50, "latency_ms_p95": service.latency_ms_p95},
     }
     record["service_over_engine"] = service.fps / engine["engine"]["fps"]

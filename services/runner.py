@@ -24,8 +24,10 @@ class RunSummary:
     frames_in: int = 0
     frames_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    fps: float = 0.0
+    fps: float = 0.0  # steady state: frames between the first and the last written, over that time
+    wall_fps: float = 0.0  # frames over the whole run, start-up of the stream's processes included
     wall_s: float = 0.0
+    stage_means_ms: dict[str, float] = field(default_factory=dict)
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
     streams: dict = field(default_factory=dict)
@@ -39,7 +41,8 @@ class RunSummary:
                    if self.latency_ms_p50 is not None else "end-to-end latency: no frames written")
         return [
             f"frames in {self.frames_in}, out {self.frames_out}, dropped {dropped}" + (f" ({why})" if why else ""),
-            f"{self.fps:.1f} fps over {self.wall_s:.1f} s; {latency}",
+            f"{self.fps:.1f} fps steady, {self.wall_fps:.1f} fps over {self.wall_s:.1f} s; {latency}",
+            "mean ms per frame by stage: " + ", ".join(f"{k} {v:.0f}" for k, v in self.stage_means_ms.items()),
             *(f"stream {name}: {info['state']}{' - ' + info['reason'] if info['reason'] else ''}"
               for name, info in self.streams.items()),
             f"logs: {self.logs}",
@@ -58,6 +61,12 @@ def _collect(run_dir: Path, summary: RunSummary) -> None:
             if data["first_write"] is not None:
                 first.append(data["first_write"])
                 last.append(data["last_write"])
+                for stage, ms in data.get("stage_means_ms", {}).items():
+                    summary.stage_means_ms[stage] = summary.stage_means_ms.get(stage, 0.0) + ms * data["written"]
+    if summary.frames_out:
+        summary.stage_means_ms = {k: v / summary.frames_out for k, v in summary.stage_means_ms.items()}
+    if first and max(last) > min(first):
+        summary.fps = (summary.frames_out - 1) / (max(last) - min(first))
     if latencies:
         summary.latency_ms_p50 = float(np.percentile(latencies, 50) * 1e3)
         summary.latency_ms_p95 = float(np.percentile(latencies, 95) * 1e3)
@@ -112,8 +121,8 @@ def run_pipeline(settings: Settings, *, progress: bool = True) -> RunSummary:
         for info in summary.streams.values():
             for reason, n in info["dropped"].items():
                 summary.dropped[reason] = summary.dropped.get(reason, 0) + n
-        if summary.frames_out > 1 and summary.wall_s > 0:
-            summary.fps = summary.frames_out / summary.wall_s
+        if summary.frames_out and summary.wall_s > 0:
+            summary.wall_fps = summary.frames_out / summary.wall_s
     if sup.failure:
         summary.streams["service"] = {"state": "failed", "reason": sup.failure}
     return summary

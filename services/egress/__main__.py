@@ -43,7 +43,9 @@ class Egress:
         self.written = 0
         self.last_seq = -1
         self.latencies: list[float] = []  # end-to-end seconds of every written frame, for the run summary
+        self.stage_sums = dict.fromkeys(("ingest", "queue", "gpu", "egress"), 0.0)
         self.first_write: float | None = None
+        self.last_write: float | None = None
         proc.set_state(ProcessState.READY, " ".join(f"preview={url}" for url in previews))
 
     def run(self) -> int:
@@ -84,7 +86,11 @@ class Egress:
         self.written += 1
         self.last_seq = msg.seq
         self.latencies.append(t_done - msg.t_capture)
+        for stage, start, end in (("ingest", msg.t_capture, msg.t_ingest), ("queue", msg.t_ingest, msg.t_batch_start),
+                                  ("gpu", msg.t_batch_start, msg.t_main_done), ("egress", msg.t_main_done, t_done)):
+            self.stage_sums[stage] += end - start
         self.first_write = self.first_write or t_done
+        self.last_write = t_done
         self.proc.detail = f"written={self.written}"
 
     def _close(self, reason: str) -> None:
@@ -93,8 +99,9 @@ class Egress:
                 sink.close()
             except SinkError as exc:
                 self.proc.error("sink_failed", f"{sink.kind} sink {sink.target}: {exc}", stream=self.name)
-        self.proc.write_summary({"written": self.written, "latencies_s": self.latencies,
-                                 "first_write": self.first_write, "last_write": now()})
+        self.proc.write_summary({"written": self.written, "latencies_s": self.latencies, "first_write": self.first_write,
+                                 "last_write": self.last_write,
+                                 "stage_means_ms": {k: v / max(self.written, 1) * 1e3 for k, v in self.stage_sums.items()}})
         self.proc.stream_state(self.name, StreamStatus.STOPPED, reason)
         log.info("%s: %s", self.name, reason)
 
