@@ -13,19 +13,15 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def cuda_bundle():
-    from services.gpu.profiles import load_profile
-
-    return load_profile("synthetic-tiny", "cuda", "bfloat16")
+def cuda_bundle(tiny_bundle):
+    return tiny_bundle.to("cuda", torch.bfloat16)  # the CPU bundle's weights: the comparison is like for like
 
 
 @pytest.fixture(scope="module")
-def cuda_fp32_bundle():
-    from services.gpu.profiles import load_profile
-
+def cuda_fp32_bundle(tiny_bundle):
     torch.backends.cudnn.allow_tf32 = False  # compare float32 with float32, not TF32 convolutions
     torch.backends.cuda.matmul.allow_tf32 = False
-    return load_profile("synthetic-tiny", "cuda", "float32")
+    return tiny_bundle.to("cuda", torch.float32)
 
 
 @pytest.mark.parametrize("compile_mode,graphs,dtype,tolerance", [

@@ -134,6 +134,16 @@ class ModelBundle:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def to(self, device: str | torch.device, dtype: torch.dtype) -> "ModelBundle":
+        """A copy on another device/dtype with the same weights (random weights differ per device's RNG)."""
+        import copy
+
+        moved = copy.copy(self)
+        moved.unet, moved.vae, moved.text_encoder = (copy.deepcopy(m).to(device=device, dtype=dtype)
+                                                     for m in (self.unet, self.vae, self.text_encoder))
+        moved.notes = list(self.notes)
+        return moved
+
     def describe(self) -> str:
         weights = "RANDOM WEIGHTS (not a stylisation)" if self.random_weights else "checkpoint weights"
         return f"profile={self.profile} ({weights}); vae={self.vae_weights}"
