@@ -8,13 +8,14 @@ submitted value that could hold a credential.
 
 from __future__ import annotations
 
+import difflib
 import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import ClientDisconnect, Request
 
-from shared.settings import ConfigError, StreamSettings, parse_stream, redact_url
+from shared.settings import ConfigError, SinkSettings, StreamSettings, parse_stream, redact_url
 
 from .errors import ApiError, InvalidRequest
 
@@ -119,18 +120,47 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _split_unknown_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> tuple[dict[str, Any], list[str]]:
+    """`data` without the keys `model` does not have, and one problem line per such key."""
+    known = {k: v for k, v in data.items() if k in model.model_fields}
+    problems = []
+    for key in data:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        shown = key if len(key) <= 40 else key[:37] + "..."
+        problems.append(f"{where}{shown}: unknown field{hint}")
+    return known, problems
+
+
 def validate_stream(data: dict[str, Any]) -> StreamSettings:
     """A stream definition, as `parse_stream` validates config entries; lines named `streams.<field>`."""
+    # Unknown keys are reported here, against the stream's own fields: parse_stream names them
+    # relative to the whole config (its "did you mean" hints come from the top-level sections).
+    known, problems = _split_unknown_keys(data, StreamSettings, STREAM_FIELD_PREFIX)
+    sinks = known.get("sinks")
+    if isinstance(sinks, list):
+        cleaned = []
+        for i, sink in enumerate(sinks):
+            if isinstance(sink, dict):
+                sink, sink_problems = _split_unknown_keys(sink, SinkSettings, f"{STREAM_FIELD_PREFIX}sinks.{i}.")
+                problems += sink_problems
+            cleaned.append(sink)
+        known["sinks"] = cleaned
     try:
-        return parse_stream(data)
+        stream = parse_stream(known)
     except ConfigError as exc:
-        raise InvalidRequest([STREAM_FIELD_PREFIX + line for line in exc.problems]) from None
+        raise InvalidRequest([STREAM_FIELD_PREFIX + line for line in exc.problems] + problems) from None
     except (OSError, RuntimeError) as exc:
         # Path checks in the settings validators can fail outside pydantic's reach (a name too long
         # for the file system, '~user' of an unknown user): still the client's bad input, not a fault.
         text = redact_url(str(exc))
         text = text if len(text) <= 160 else text[:157] + "..."
-        raise InvalidRequest([f"streams: a file path in this stream cannot be used: {text}"]) from None
+        raise InvalidRequest([f"streams: a file path in this stream cannot be used: {text}", *problems]) from None
+    if problems:
+        raise InvalidRequest(problems)
+    return stream
 
 
 def validate_prompt(data: dict[str, Any]) -> str:
