@@ -242,11 +242,21 @@ def _openapi_schema(app: FastAPI, token_required: bool) -> dict[str, Any]:
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             answer = operation.get("responses", {}).get("422")
-            if answer and "HTTPValidationError" in str(answer):
+            if answer and "#/components/schemas/HTTPValidationError" in _schema_refs(answer):
                 del operation["responses"]["422"]
-    text = str(schema["paths"])
-    for unused in ("HTTPValidationError", "ValidationError"):
-        if f"/{unused}'" not in text:
-            components.pop(unused, None)
+    used = _schema_refs(schema["paths"])
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 models, now unreferenced
+        if f"#/components/schemas/{name}" not in used:
+            components.pop(name, None)
     app.openapi_schema = schema
     return schema
+
+
+def _schema_refs(node: Any) -> set[str]:
+    """Every `$ref` string inside a JSON-like value."""
+    if isinstance(node, dict):
+        refs = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        return refs.union(*(_schema_refs(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_schema_refs(value) for value in node))
+    return set()
