@@ -117,5 +117,48 @@ def run(
         raise typer.Exit(1 if failed else 130)
 
 
+@app.command()
+def serve(
+    config: str = typer.Option(..., help="YAML settings file (model, engine, streams, ingest, service)."),
+) -> None:
+    """Run the long-lived service with its HTTP API (streams, prompts, /healthz, /readyz, /metrics)."""
+    import signal
+
+    from services.api.app import create_app
+    from services.api.server import ApiServer, ApiServerError
+    from services.control import SupervisorControl
+    from services.supervisor import Supervisor, SupervisorError, serve_forever
+    from shared.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        typer.echo("error: invalid settings:\n  " + "\n  ".join(exc.problems), err=True)
+        raise typer.Exit(2) from exc
+    sup = Supervisor(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sup.stop_requested.set())
+    server = None
+    try:
+        sup.start()
+        svc = settings.service
+        server = ApiServer(create_app(SupervisorControl(sup), svc), svc.api_host, svc.api_port)
+        server.start()
+        typer.echo(f"StyleCast API on {server.url} (logs: {sup.log_dir})", err=True)
+        sup.wait_ready()
+        sup.add_configured_streams()
+        serve_forever(sup)
+    except ApiServerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except SupervisorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        if server is not None:
+            server.stop()
+        sup.shutdown()
+
+
 if __name__ == "__main__":
     app()

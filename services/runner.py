@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from services.supervisor import Supervisor
+from shared.process import parse_detail
 from shared.settings import Settings
 
 
@@ -100,8 +101,8 @@ def run_pipeline(settings: Settings, *, progress: bool = True) -> RunSummary:
         t_start = time.monotonic()
         while not sup.stop_requested.is_set():
             sup.step(0.1)
-            written = sum(int(c.detail.split("=")[1]) for c in sup.children.values()
-                          if c.module == "services.egress" and c.detail.startswith("written="))
+            written = sum(int(parse_detail(c.detail).get("written", 0)) for c in sup.children.values()
+                          if c.module == "services.egress")
             bar.update(max(0, written - bar.n))
             if sup.failure:
                 break

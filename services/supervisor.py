@@ -85,7 +85,7 @@ class StreamRecord:
     frame_count: int | None
     state: StreamStatus = StreamStatus.STARTING
     reason: str = ""
-    prompt_version: int = 0
+    prompt_version: int = 1  # the API's count: 1 for the first prompt
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)
     rings: list[Ring] = dataclasses.field(default_factory=list)
     started_at: float = dataclasses.field(default_factory=time.time)
@@ -104,6 +104,7 @@ class Supervisor:
         self._request_ids = itertools.count()
         self._acks: dict[str, Ack] = {}
         self._thread_id: int | None = None
+        self._in_call = False  # calls run one at a time: a call waiting for an ack must not start another
         self.run: Run | None = None
         self.log_dir: Path | None = None
 
@@ -143,8 +144,15 @@ class Supervisor:
             self.step(0.1)
 
     def add_configured_streams(self) -> None:
+        """Add the streams of the settings file; one that cannot start is marked failed, the others go on."""
+        from services.ingest.errors import SourceError
+
         for cfg in self._streams_cfg:
-            self.add_stream(cfg)
+            try:
+                self.add_stream(cfg)
+            except (SourceError, SupervisorError) as exc:
+                log.error("stream %s cannot start: %s", cfg.name, exc)
+                self.streams[cfg.name] = StreamRecord(cfg, 0.0, None, state=StreamStatus.FAILED, reason=str(exc))
 
     # ---- children ----------------------------------------------------------------------------------------
 
@@ -253,15 +261,18 @@ class Supervisor:
             while (got := channel.recv_from(timeout_s=0)) is not None:
                 sender, msg = got
                 self._handle(msg)
-        while True:
+        while not self._in_call:
             try:
                 fn, future = self._calls.get_nowait()
             except queue.Empty:
                 break
+            self._in_call = True
             try:
                 future.set_result(fn())
             except Exception as exc:
                 future.set_exception(exc)
+            finally:
+                self._in_call = False
         self._check_children()
 
     def _handle(self, msg) -> None:

@@ -100,6 +100,10 @@ class StyleCastMetrics:
             "stylecast_stream_state", "1 for the stream's current state, 0 for the others.",
             ["stream", "state"], multiprocess_mode="mostrecent", registry=reg,
         )
+        self.prompt_version = Gauge(
+            "stylecast_prompt_version", "Version of the prompt the text encoder is encoding for the stream (1, then +1 per change).",
+            ["stream"], multiprocess_mode="mostrecent", registry=reg,
+        )
         self.cond_refreshes = Counter(
             "stylecast_cond_refreshes", "LLLite conditioning rebuilds by reason (scheduled, scene_cut, motion, start, prompt).",
             ["stream", "reason"], registry=reg,

@@ -47,6 +47,11 @@ def read_run_settings(run: Run) -> Settings:
     return settings_from_json((run.dir / SETTINGS_FILE).read_text())
 
 
+def parse_detail(detail: str) -> dict[str, str]:
+    """A heartbeat's `detail` as key=value pairs ("written=12 p50_ms=40.1" → {"written": "12", ...})."""
+    return dict(part.split("=", 1) for part in detail.split() if "=" in part)
+
+
 def setup_logging(process: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))

@@ -16,6 +16,8 @@ import sys
 import time
 from fractions import Fraction
 
+import numpy as np
+
 from services.egress.errors import SinkError
 from services.egress.sinks import open_sink
 from shared.process import EXIT_FAILED_STREAM, ChildProcess
@@ -44,9 +46,12 @@ class Egress:
         self.last_seq = -1
         self.latencies: list[float] = []  # end-to-end seconds of every written frame, for the run summary
         self.stage_sums = dict.fromkeys(("ingest", "queue", "gpu", "egress"), 0.0)
+        self.versions: list[int] = []
+        self.version_changes: list[tuple[int, int]] = []  # (seq, prompt_version) where the version changed
         self.first_write: float | None = None
         self.last_write: float | None = None
-        proc.set_state(ProcessState.READY, " ".join(f"preview={url}" for url in previews))
+        self.preview = " ".join(f"preview={url}" for url in previews)
+        proc.set_state(ProcessState.READY, self.preview)
 
     def run(self) -> int:
         while not self.proc.stop.is_set():
@@ -91,7 +96,13 @@ class Egress:
             self.stage_sums[stage] += end - start
         self.first_write = self.first_write or t_done
         self.last_write = t_done
-        self.proc.detail = f"written={self.written}"
+        if not self.versions or self.versions[-1] != msg.prompt_version:
+            self.versions.append(msg.prompt_version)
+            self.version_changes.append((msg.seq, msg.prompt_version))
+        if self.written % 8 == 0 or len(self.latencies) < 8:  # a cheap status for the supervisor (heartbeat detail)
+            recent = np.asarray(self.latencies[-120:]) * 1e3
+            self.proc.detail = (f"{self.preview} written={self.written} p50_ms={np.percentile(recent, 50):.1f} "
+                                f"p95_ms={np.percentile(recent, 95):.1f} prompt_version={msg.prompt_version}")
 
     def _close(self, reason: str) -> None:
         for sink in self.sinks:
@@ -100,7 +111,7 @@ class Egress:
             except SinkError as exc:
                 self.proc.error("sink_failed", f"{sink.kind} sink {sink.target}: {exc}", stream=self.name)
         self.proc.write_summary({"written": self.written, "latencies_s": self.latencies, "first_write": self.first_write,
-                                 "last_write": self.last_write,
+                                 "last_write": self.last_write, "prompt_versions": self.version_changes,
                                  "stage_means_ms": {k: v / max(self.written, 1) * 1e3 for k, v in self.stage_sums.items()}})
         self.proc.stream_state(self.name, StreamStatus.STOPPED, reason)
         log.info("%s: %s", self.name, reason)

@@ -128,8 +128,9 @@ class WorkerStream:
     ending: bool = False  # the source ended: flush, then send the end marker
     in_flight: int = 0  # frames submitted, not yet written out
     last_ref: SlotRef | None = None  # previous batch's last frame: the next refresh's flow source
-    prompt_version: int = 0
+    prompt_version: int = 1  # as the API counts: 1 for the first prompt
     removed: bool = False
+    refreshes_seen: int = 0
 
 
 @dataclass
@@ -137,6 +138,7 @@ class BatchMeta:
     batch_id: int
     rows: list[tuple[WorkerStream, Frame]]
     versions: dict[str, int]
+    rows_done: list = field(default_factory=list)
 
 
 class GpuWorker:
@@ -216,6 +218,9 @@ class GpuWorker:
     def _remove_stream(self, name: str) -> None:
         st = self._stream(name)
         st.removed = True
+        for msg in st.queue:  # accepted but never styled: counted, not lost silently
+            self.proc.dropped(name, msg.seq, "gpu", "removed")
+        st.queue.clear()
         self.engine.close_stream(name)
         del self.streams[name]
         if not st.in_flight:
@@ -285,6 +290,8 @@ class GpuWorker:
             if not parts:
                 return
             meta = BatchMeta(self.next_batch, rows, {st.name: st.prompt_version for st, _ in rows})
+            for name, version in meta.versions.items():  # what the encoder is fed from this batch on
+                self.proc.metrics.prompt_version.labels(name).set(version)
             self.next_batch += 1
             t0 = time.monotonic()
             future = self.engine.submit_mixed(parts, refs)
@@ -341,6 +348,7 @@ class GpuWorker:
             st, msg = meta.rows[0]
             row = len(out.frames) - len(meta.rows)
             if st.removed:
+                self.proc.dropped(st.name, msg.seq, "gpu", "removed")
                 st.in_flight -= 1
                 meta.rows.pop(0)
                 if not st.in_flight:
@@ -356,7 +364,12 @@ class GpuWorker:
             ), topic=st.name, timeout_s=None)
             self.proc.metrics.count_frames(st.name, "gpu", "processed")
             st.in_flight -= 1
-            meta.rows.pop(0)
+            meta.rows_done.append(meta.rows.pop(0))
+        for st in {st.name: st for st, _ in meta.rows_done}.values():
+            engine_state = self.engine.streams.get(st.name)
+            if engine_state is not None and engine_state.refreshes > st.refreshes_seen:
+                self.proc.metrics.cond_refreshes.labels(st.name, "scheduled").inc(engine_state.refreshes - st.refreshes_seen)
+                st.refreshes_seen = engine_state.refreshes
         self.proc.metrics.batch_wall.labels(self.device, "side").observe(timings.get("side_ms", 0.0) / 1000)
         self.proc.metrics.batch_wall.labels(self.device, "main").observe(timings.get("main_ms", 0.0) / 1000)
         return True
