@@ -30,6 +30,11 @@ def resolve_source(source: str) -> str:
     return default_clip(source[len(SAMPLE_PREFIX):]) if source.startswith(SAMPLE_PREFIX) else source
 
 
+def _config_error(exc) -> None:
+    typer.echo("error: invalid settings:\n  " + "\n  ".join(exc.problems), err=True)
+    raise typer.Exit(2) from exc
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -113,8 +118,7 @@ def run(
         settings = load_settings(config, overrides=overrides)
         summary = run_pipeline(settings, progress=progress)
     except ConfigError as exc:
-        typer.echo("error: invalid settings:\n  " + "\n  ".join(exc.problems), err=True)
-        raise typer.Exit(2) from exc
+        _config_error(exc)
     except SourceError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -144,8 +148,7 @@ def serve(
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        typer.echo("error: invalid settings:\n  " + "\n  ".join(exc.problems), err=True)
-        raise typer.Exit(2) from exc
+        _config_error(exc)
     sup = Supervisor(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sup.stop_requested.set())

@@ -12,8 +12,17 @@ from collections import deque
 from datetime import datetime, timezone
 
 from services.api.control import (
-    ControlUnavailable, FrameCounters, HealthInfo, LatencyPercentiles, ProcessHealth, ReadyInfo, SinkInfo,
-    StreamExists, StreamInfo, StreamRejected, UnknownStream,
+    ControlUnavailable,
+    FrameCounters,
+    HealthInfo,
+    LatencyPercentiles,
+    ProcessHealth,
+    ReadyInfo,
+    SinkInfo,
+    StreamExists,
+    StreamInfo,
+    StreamRejected,
+    UnknownStream,
 )
 from services.ingest.errors import SourceError
 from services.supervisor import StreamRecord, Supervisor, SupervisorError

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import logging
 import os
 import queue
@@ -37,7 +36,16 @@ from shared.bus import Bus, wait_readable
 from shared.metrics import get_metrics, init_metrics_dir
 from shared.process import EXIT_FAILED_STREAM, write_run_settings
 from shared.protocol import (
-    Ack, AddStream, Error, FrameDropped, Heartbeat, ProcessState, RemoveStream, SetPrompt, Stop, StreamState,
+    Ack,
+    AddStream,
+    Error,
+    FrameDropped,
+    Heartbeat,
+    ProcessState,
+    RemoveStream,
+    SetPrompt,
+    Stop,
+    StreamState,
     StreamStatus,
 )
 from shared.ring import Ring

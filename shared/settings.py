@@ -51,28 +51,9 @@ CONFIG_PATH_ENV = "STYLECAST_CONFIG"
 # Credential redaction
 # --------------------------------------------------------------------------------------------------
 
+from shared.redact import redact_url  # noqa: E402,F401  (re-exported: settings users redact through here)
+
 REDACTED = "***"
-
-# scheme://<anything up to the LAST @ of the whitespace-free token> → scheme://***@
-# Greedy on purpose: an unescaped '/' or '@' inside a password must not leak its tail.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)\S*@")
-_URL_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&;](?:password|passwd|pwd|pass|token|access_token|api_key|apikey|key|secret|auth|signature|sig)=)"
-    r"[^&;#\s]*",
-    re.IGNORECASE,
-)
-
-
-def redact_url(text: str) -> str:
-    """Hide URL credentials anywhere in `text`: `rtsp://user:secret@host/x` → `rtsp://***@host/x`.
-
-    Also hides secret-looking query parameters (`?token=…` → `?token=***`). Works on whole
-    messages, not only bare URLs; text without credentials comes back unchanged.
-    """
-    if "@" not in text and "=" not in text:
-        return text
-    text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
-    return _URL_SECRET_QUERY.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
 
 
 def _reveal_requested(info: Any) -> bool:

@@ -11,7 +11,13 @@ import torch
 
 from services.gpu.engine import EngineConfig, StreamEngine
 from services.gpu.profiles import (
-    ProfileError, UNET_FULL, _qwen_config, load_checkpoint, load_profile, resolve_device, save_checkpoint,
+    UNET_FULL,
+    ProfileError,
+    _qwen_config,
+    load_checkpoint,
+    load_profile,
+    resolve_device,
+    save_checkpoint,
 )
 from tests.conftest import real_frames
 

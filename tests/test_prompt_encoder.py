@@ -7,7 +7,12 @@ import torch
 from PIL import Image
 
 from services.gpu.prompt_encoder import (
-    EDIT_DROP_IDX, EDIT_INSTRUCTION, EDIT_TEMPLATE, EditPromptEncoder, MAX_PROMPT_TOKENS, PromptError,
+    EDIT_DROP_IDX,
+    EDIT_INSTRUCTION,
+    EDIT_TEMPLATE,
+    MAX_PROMPT_TOKENS,
+    EditPromptEncoder,
+    PromptError,
 )
 from services.gpu.reference import ImageOnlyEditProcessor, build_reference_pipeline
 from tests.conftest import real_frames

@@ -4,8 +4,14 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.quality.video_io import (FrameCountMismatchError, VideoError, check_same_frame_count, fit_to_size,
-                                     probe_video, read_video_frames)
+from shared.quality.video_io import (
+    FrameCountMismatchError,
+    VideoError,
+    check_same_frame_count,
+    fit_to_size,
+    probe_video,
+    read_video_frames,
+)
 from tests.support.quality_clips import clip_frames, clip_path, write_video
 
 

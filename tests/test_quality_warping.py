@@ -6,8 +6,13 @@ import pytest
 
 from shared.flow import backward_flow
 from shared.quality.occlusion import occlusion_mask
-from shared.quality.warping import (masked_warping_error_series, pair_warping_error, series_mean, warping_error,
-                                    warping_error_series)
+from shared.quality.warping import (
+    masked_warping_error_series,
+    pair_warping_error,
+    series_mean,
+    warping_error,
+    warping_error_series,
+)
 from tests.support.quality_clips import clip_frames, colour_map
 
 

@@ -15,7 +15,13 @@ import pytest
 from services.gpu.engine import EngineConfig, StreamEngine
 from tests.conftest import real_frames
 from tests.support.service import (
-    REPO, decode_video, leftover_segments, processes_using, service_env, stylecast, trim_clip,
+    REPO,
+    decode_video,
+    leftover_segments,
+    processes_using,
+    service_env,
+    stylecast,
+    trim_clip,
 )
 
 SIZE, BATCH, FRAMES = 64, 4, 30

@@ -273,7 +273,7 @@ def test_sinks() -> None:
         ("/videos/a@b.mp4", "/videos/a@b.mp4"),
         ("rtsp://u:p@ss:w/rd@cam/live", "rtsp://***@cam/live"),  # unescaped '@' and '/' in a password
         ("cannot open rtsp://a:b@h1/x and rtsps://c:d@h2/y", "cannot open rtsp://***@h1/x and rtsps://***@h2/y"),
-        ("http://h/x?token=abc&user=me", "http://h/x?token=***&user=me"),
+        ("http://h/x?token=abc&user=me", "http://h/x?token=***&user=***"),
         ("RTSP://A:B@H/x", "RTSP://***@H/x"),
     ],
 )

@@ -20,8 +20,8 @@ from services.ingest.errors import (
     UnsupportedSource,
 )
 from services.ingest.frames import MAX_FRAME_SIZE, MIN_FRAME_SIZE, square_resize, validate_frame_size
-from services.ingest.redact import redact_url, scrub
 from services.ingest.sources import open_source
+from shared.redact import redact_url, scrub
 from tests.support import media
 from tests.support.rtsp_server import RtspServer, gstreamer_missing_reason
 

@@ -21,7 +21,7 @@ import numpy as np
 from services.egress.errors import SinkError
 from services.egress.sinks import open_sink
 from shared.process import EXIT_FAILED_STREAM, ChildProcess
-from shared.protocol import ProcessState, Styled, StreamState, StreamStatus, now
+from shared.protocol import ProcessState, StreamState, StreamStatus, Styled, now
 from shared.ring import Ring, StaleSlot
 
 log = logging.getLogger("stylecast.egress")

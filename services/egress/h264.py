@@ -37,7 +37,7 @@ def require_encoder(name: str, purpose: str) -> None:
     """Raise EncoderMissing unless this FFmpeg build has `name` as an H.264 encoder."""
     try:
         codec = av.Codec(name, "w")
-    except (av.error.FFmpegError, ValueError) as exc:  # UnknownCodecError is a ValueError
+    except (av.error.FFmpegError, ValueError):  # UnknownCodecError is a ValueError
         raise EncoderMissing(
             f"this FFmpeg build has no {name!r} encoder, needed for {purpose} "
             f"(PyAV's wheels include libx264)"

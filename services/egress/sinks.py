@@ -26,7 +26,7 @@ import av
 import numpy as np
 
 from services.ingest.frames import validate_frame_size
-from services.ingest.redact import redact_url, scrub
+from shared.redact import redact_url, scrub
 
 from .errors import FrameRejected, SinkError, SinkPathError, SinkUnreachable
 from .h264 import H264Settings, add_h264_stream, check_frame, exact_rate, require_encoder, to_yuv_frame

@@ -235,7 +235,7 @@ class StreamEngine:
 
     def _side(self, job: _Job) -> None:
         """Upload, VAE-encode and text-encode one batch (on the side stream when CUDA is used)."""
-        cfg, b, bucket = self.config, len(job.rows), job.bucket
+        b, bucket = len(job.rows), job.bucket
         t0 = time.perf_counter()
         host = torch.from_numpy(job.frames)
         if bucket > b:  # pad to the bucket with copies of the last frame; the extra rows are dropped

@@ -30,8 +30,21 @@ from services.gpu.profiles import load_profile
 from shared.bus import wait_readable
 from shared.process import ChildProcess
 from shared.protocol import (
-    Ack, AddStream, FlowReady, FlowRequest, Frame, FrameFlags, ProcessState, RemoveStream, SetPrompt, SlotRef,
-    Stop, Styled, StreamState, StreamStatus, now,
+    Ack,
+    AddStream,
+    FlowReady,
+    FlowRequest,
+    Frame,
+    FrameFlags,
+    ProcessState,
+    RemoveStream,
+    SetPrompt,
+    SlotRef,
+    Stop,
+    StreamState,
+    StreamStatus,
+    Styled,
+    now,
 )
 from shared.ring import Ring, RingError, StaleSlot
 from shared.settings import Settings

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 
-from services.ingest.errors import SourceError, SourceNotFound, NotAVideo, UnsupportedSource, SourceAuthFailed
+from services.ingest.errors import NotAVideo, SourceAuthFailed, SourceError, SourceNotFound, UnsupportedSource
 from services.ingest.sources import open_source
 from shared.process import EXIT_FAILED_STREAM, ChildProcess
 from shared.protocol import Frame, FrameFlags, ProcessState, StreamState, StreamStatus, now

@@ -7,6 +7,8 @@ from typing import Literal
 
 import av
 
+from shared.redact import scrub
+
 from .errors import (
     NotAVideo,
     SourceAuthFailed,
@@ -16,7 +18,6 @@ from .errors import (
     SourceUnreachable,
     UnsupportedSource,
 )
-from .redact import scrub
 from .spec import SourceKind, SourceSpec
 
 Phase = Literal["open", "read"]

@@ -8,8 +8,9 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from shared.redact import redact_url
+
 from .errors import UnsupportedSource
-from .redact import redact_url
 
 
 class SourceKind(str, Enum):

@@ -15,10 +15,21 @@ LPIPS and CLIP import torch/transformers lazily, so the rest stays light.
 from shared.quality.occlusion import occlusion_mask
 from shared.quality.report import evaluate
 from shared.quality.sharpness import hf_fft_energy, sobel_mean_abs
-from shared.quality.video_io import (FrameCountMismatchError, VideoError, fit_to_size, iter_video_frames,
-                                     probe_video, read_video_frames)
-from shared.quality.warping import (masked_warping_error_series, pair_warping_error, series_mean, warping_error,
-                                    warping_error_series)
+from shared.quality.video_io import (
+                                     FrameCountMismatchError,
+                                     VideoError,
+                                     fit_to_size,
+                                     iter_video_frames,
+                                     probe_video,
+                                     read_video_frames,
+)
+from shared.quality.warping import (
+                                     masked_warping_error_series,
+                                     pair_warping_error,
+                                     series_mean,
+                                     warping_error,
+                                     warping_error_series,
+)
 
 __all__ = [
     "FrameCountMismatchError", "VideoError", "evaluate", "fit_to_size", "hf_fft_energy", "iter_video_frames",

@@ -39,8 +39,7 @@ import numpy as np
 
 from shared.flow import FARNEBACK_PARAMS
 from shared.quality.sharpness import hf_fft_energy, sobel_mean_abs
-from shared.quality.video_io import (VideoError, VideoInfo, check_same_frame_count, fit_to_size,
-                                     iter_video_frames, probe_video)
+from shared.quality.video_io import VideoError, VideoInfo, check_same_frame_count, fit_to_size, iter_video_frames, probe_video
 from shared.quality.warping import pair_warping_error, series_mean
 from shared.scene import SceneCutDetector
 

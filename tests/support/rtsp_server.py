@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 
-# scheme://userinfo@host… ; userinfo is whatever sits between '//' and the last '@' before the
-# first '/', '?' or '#' of the authority (passwords may themselves contain '@' or ':').
-_AUTHORITY_WITH_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s'\"]*)@")
+# scheme://<anything up to the LAST '@' of the unquoted, whitespace-free token>@ → scheme://***@.
+# Greedy on purpose: an unescaped '/' or '@' inside a password must not leak its tail.
+_AUTHORITY_WITH_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s'\"]*)@")
 # Query parameters that commonly carry secrets in camera URLs (…?user=admin&password=123).
-_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&;](?:user|username|password|passwd|pwd|pass|token|auth|key|secret)=)[^&;#\s'\"]*")
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&;](?:user|username|password|passwd|pwd|pass|token|access_token|api_key|apikey|auth|key|secret"
+    r"|signature|sig)=)[^&;#\s'\"]*"
+)
 
 
 def redact_url(url: str) -> str:
