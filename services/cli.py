@@ -175,5 +175,18 @@ def serve(
         sup.shutdown()
 
 
+def _register_commands() -> None:
+    import importlib
+    import pkgutil
+
+    from services import commands
+
+    for module in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"services.commands.{module.name}").register(app)
+
+
+_register_commands()
+
+
 if __name__ == "__main__":
     app()
