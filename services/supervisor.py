@@ -58,6 +58,14 @@ READY_TIMEOUT_S = 1800.0  # model load + compile + graph capture of synthetic-fu
 CHILD_EXIT_TIMEOUT_S = 10.0
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies (even by kill -9), so nothing is orphaned."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class SupervisorError(RuntimeError):
     """The service cannot start or a request cannot be served; the message says why."""
 
@@ -170,7 +178,7 @@ class Supervisor:
         logf = open(child.log_path, "ab")
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then drains in order.
         child.popen = subprocess.Popen([sys.executable, "-m", child.module, *child.args], env=env, stdout=logf,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         logf.close()
         child.started = child.last_heartbeat = time.monotonic()
         child.state, child.finished, child.restart_at = "starting", False, None
@@ -242,7 +250,7 @@ class Supervisor:
         rec = self.streams.get(child.stream)
         if rec is None:
             return
-        if child.module == "services.egress":
+        if child.module == "services.egress" and rec.state != StreamStatus.FAILED:
             rec.state = StreamStatus.STOPPED
             log.info("stream %s finished: %s", child.stream, rec.reason or "done")
 
@@ -359,7 +367,9 @@ class Supervisor:
             self._drop_stream(cfg.name)
         fps, count = probed or self.probe(cfg)
         s, svc = self.settings.engine.size, self.settings.service
-        slots = max(svc.ring_slots, 2 * self.settings.engine.batch + 2)
+        # Room for the batches in flight (frames are released only once written out, so a restarted GPU
+        # worker can redo them), the next batch filling, and the flow source kept one batch longer.
+        slots = max(svc.ring_slots, 5 * self.settings.engine.batch + 2)
         run = self.run.run_id
         rec = StreamRecord(cfg, fps, count)
         rec.rings = [

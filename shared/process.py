@@ -87,8 +87,12 @@ class ChildProcess:
     def _heartbeats(self) -> None:
         channel = self.bus.socket("PUSH", "heartbeat", bind=False)
         interval = self.settings.service.heartbeat_interval_s
+        parent = os.getppid()
         try:
             while True:
+                if os.getppid() != parent and not self.stop.is_set():  # the supervisor is gone: drain and go
+                    log.error("%s: supervisor (pid %d) is gone, stopping", self.name, parent)
+                    self.stop.set()
                 self._beat.clear()
                 channel.send(Heartbeat(process=self.name, pid=os.getpid(), time=now(), state=self.state, detail=self.detail),
                              timeout_s=interval)
@@ -98,8 +102,11 @@ class ChildProcess:
         finally:
             channel.close(linger_ms=0)
 
-    def set_state(self, state: ProcessState, detail: str = "") -> None:
-        self.state, self.detail = state, detail
+    def set_state(self, state: ProcessState, detail: str | None = None) -> None:
+        """Change the reported state (and the detail, when given: the last detail is kept otherwise)."""
+        self.state = state
+        if detail is not None:
+            self.detail = detail
         self._beat.set()
 
     def write_summary(self, data: dict) -> None:

@@ -12,7 +12,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none is available here")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # the marker, not a parameter id that says "gpu"
             item.add_marker(skip)
 
 
@@ -43,3 +43,13 @@ def real_frames(path: str, size: int, count: int, start: int = 0) -> np.ndarray:
             if len(frames) == count:
                 break
     return np.stack(frames)
+
+
+@pytest.fixture(scope="session")
+def reliability():
+    """Rows for benchmarks/results/RELIABILITY.md, written when the session ends."""
+    from tests.support.reliability import ReliabilityLog
+
+    log = ReliabilityLog()
+    yield log
+    log.flush()

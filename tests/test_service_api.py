@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,38 +13,14 @@ import pytest
 import yaml
 
 from tests.support.rtsp_server import RtspServer, gstreamer_missing_reason
-from tests.support.service import REPO, decode_video, leftover_segments, processes_using, service_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.service import (
+    REPO, decode_video, free_port, leftover_segments, metric_value, processes_using, service_env, wait_for,
+)
 
 
 @pytest.fixture()
 def service(tmp_path, bikes_path):
-    port = _free_port()
+    port = free_port()
     config = {
         "model": {"profile": "synthetic-tiny"},
         "engine": {"size": 64, "batch": 4},
@@ -78,22 +53,22 @@ def test_service_api_metrics_prompt_change_and_rtsp(service):
         except httpx.TransportError:
             return False
 
-    _wait(health_up, 60, "/healthz")
-    _wait(lambda: ready_codes.append(client.get("/readyz").status_code) or ready_codes[-1] == 200, 120, "/readyz")
+    wait_for(health_up, 60, "/healthz")
+    wait_for(lambda: ready_codes.append(client.get("/readyz").status_code) or ready_codes[-1] == 200, 120, "/readyz")
     assert 503 in ready_codes, "readyz must say 'not ready' while the models load"
 
-    _wait(lambda: client.get("/streams/main").json()["counters"]["frames_out"] > 8, 60, "frames out")
+    wait_for(lambda: client.get("/streams/main").json()["counters"]["frames_out"] > 8, 60, "frames out")
     first = client.get("/metrics").text
     time.sleep(2)
     second = client.get("/metrics").text
     for name, labels in (("stylecast_frames_total", {"stream": "main", "stage": "egress", "outcome": "processed"}),
                          ("stylecast_end_to_end_latency_seconds_count", {"stream": "main"}),
                          ("stylecast_stage_latency_seconds_count", {"stream": "main", "stage": "main"})):
-        assert _metric(second, name, **labels) > _metric(first, name, **labels) > 0, name
+        assert metric_value(second, name, **labels) > metric_value(first, name, **labels) > 0, name
 
     answer = client.put("/streams/main/prompt", json={"prompt": "a charcoal sketch"})
     assert answer.status_code == 200 and answer.json()["prompt_version"] == 2
-    _wait(lambda: _metric(client.get("/metrics").text, "stylecast_prompt_version", stream="main") == 2, 10,
+    wait_for(lambda: metric_value(client.get("/metrics").text, "stylecast_prompt_version", stream="main") == 2, 10,
           "the encoder to take the new prompt at the next batch")
     assert client.get("/streams/main").json()["prompt"] == "a charcoal sketch"
 
@@ -104,10 +79,10 @@ def test_service_api_metrics_prompt_change_and_rtsp(service):
                                                "sinks": [{"type": "mp4", "target": str(tmp_path / "cam.mp4")}]})
         assert answer.status_code == 201, answer.text
         assert "t0p-secret" not in answer.text
-        _wait(lambda: client.get("/streams/cam").json()["counters"]["frames_out"] > 10, 60, "RTSP frames out")
+        wait_for(lambda: client.get("/streams/cam").json()["counters"]["frames_out"] > 10, 60, "RTSP frames out")
         info = client.get("/streams/cam").json()
         assert info["state"] == "running" and info["live"] and info["latency_ms"]["p50"] is not None
-        assert _metric(client.get("/metrics").text, "stylecast_frames_total", stream="cam", stage="ingest") > 10
+        assert metric_value(client.get("/metrics").text, "stylecast_frames_total", stream="cam", stage="ingest") > 10
         assert client.get("/streams/main").json()["state"] in ("running", "stopped")  # the file stream was not disturbed
         assert client.delete("/streams/cam").status_code == 204
     cam, codec = decode_video(tmp_path / "cam.mp4")
@@ -129,12 +104,12 @@ def test_service_api_metrics_prompt_change_and_rtsp(service):
 
 def test_bad_stream_is_refused_and_the_others_keep_running(service):
     proc, client, tmp_path = service
-    _wait(lambda: _safe_status(client, "/readyz") == 200, 120, "/readyz")
+    wait_for(lambda: _safe_status(client, "/readyz") == 200, 120, "/readyz")
     bad = client.post("/streams", json={"name": "bad", "source": str(tmp_path / "stylecast.yaml"), "prompt": "x"})
     assert bad.status_code == 400 and "stylecast.yaml" in bad.json()["detail"]
     missing = client.post("/streams", json={"name": "gone", "source": str(tmp_path / "nope.mp4"), "prompt": "x"})
     assert missing.status_code == 422 and "does not exist" in missing.text
-    _wait(lambda: client.get("/streams/main").json()["counters"]["frames_out"] > 8, 60, "the good stream to keep going")
+    wait_for(lambda: client.get("/streams/main").json()["counters"]["frames_out"] > 8, 60, "the good stream to keep going")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
 

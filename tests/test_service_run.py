@@ -104,7 +104,7 @@ def test_ctrl_c_drains_finalises_the_file_and_leaves_nothing(tmp_path, bikes_pat
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait until frames flow (the egress log says so)
             logs = list((runtime / "logs").glob("*/egress-main.log"))
-            if any((runtime / "runs").glob("*/summary-*.json")) or (logs and proc.poll() is None and _written(runtime) > 10):
+            if any((runtime / "runs").glob("*/summary-*.json")) or (logs and proc.poll() is None and frames_written(runtime) > 10):
                 break
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -117,17 +117,3 @@ def test_ctrl_c_drains_finalises_the_file_and_leaves_nothing(tmp_path, bikes_pat
     assert codec == "h264" and 0 < len(written) < 250
     assert f"out {len(written)}" in stdout
     assert not processes_using(runtime) and not leftover_segments(runtime)
-
-
-def _written(runtime) -> int:
-    from shared.metrics import render_metrics
-
-    metrics_dirs = list((runtime / "runs").glob("*/metrics"))
-    if not metrics_dirs:
-        return 0
-    text = render_metrics(metrics_dirs[0]).decode()
-    total = 0
-    for line in text.splitlines():
-        if line.startswith("stylecast_frames_total{") and 'stage="egress"' in line and 'outcome="processed"' in line:
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total

@@ -53,7 +53,27 @@ class Egress:
         self.preview = " ".join(f"preview={url}" for url in previews)
         proc.set_state(ProcessState.READY, self.preview)
 
+    def _recover(self) -> None:
+        """Frames the GPU worker wrote while no egress listened (a restart): their messages are gone, the
+        ring still holds them (unreleased), and their slot headers hold seq and the stage times."""
+        ring = self.ring
+        for index in range(ring.released, ring.written):
+            slot = index % ring.slots
+            try:
+                header = ring.peek(slot)
+            except StaleSlot:
+                continue
+            if header is None:
+                continue
+            t_capture, t_ingest, t_start, t_done = header.times
+            self._write(Styled(stream=self.name, seq=header.seq, slot=slot, generation=header.generation, batch_id=0,
+                               t_capture=t_capture, t_ingest=t_ingest, t_batch_start=t_start, t_side_done=t_start,
+                               t_main_done=t_done))
+        if self.written:
+            log.info("%s: wrote %d frame(s) left in the ring by a previous egress", self.name, self.written)
+
     def run(self) -> int:
+        self._recover()
         while not self.proc.stop.is_set():
             msg = self.styled.recv(timeout_s=0.2, expect=(Styled, StreamState))
             if msg is None:
@@ -66,8 +86,9 @@ class Egress:
         return 0
 
     def _write(self, msg: Styled) -> None:
-        if msg.seq <= self.last_seq:  # order is the contract: an old frame after a newer one is dropped
-            self.proc.dropped(self.name, msg.seq, "egress", "out_of_order")
+        if msg.seq <= self.last_seq:  # written already (a restarted GPU worker redoes unreleased frames)
+            self.proc.dropped(self.name, msg.seq, "egress", "duplicate")
+            self.ring.release(self.ring.write_index(msg.slot, msg.generation) + 1)
             return
         try:
             frame = self.ring.read(msg.slot, msg.generation)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -51,7 +52,7 @@ from shared.settings import Settings
 
 log = logging.getLogger("stylecast.gpu")
 
-FLOW_TIMEOUT_S = 5.0
+FLOW_TIMEOUT_S = 3.0
 
 
 def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
@@ -61,7 +62,7 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
         size=e.size, batch=e.batch, steps=e.steps, hooks=e.lllite_hooks,
         adapter_weights=str(e.lllite_weights) if e.lllite_weights else None, multiplier=e.lllite_multiplier,
         cond_refresh=e.cond_refresh, te_mode=e.text_encoder_mode, te_refresh=e.text_encoder_refresh,
-        encoder_size=e.encoder_image_size, compile=compile_mode, cuda_graphs=m.cuda_graphs,
+        encoder_size=e.encoder_image_size, compile=compile_mode, cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
     )
 
 
@@ -72,7 +73,8 @@ class FlowClient:
         self.proc = proc
         self.size = size
         self.requests = proc.bus.socket("PUSH", "flow_requests", bind=True)
-        self._pending: dict[tuple[str, int], tuple[Future, int]] = {}
+        self._pending: dict[tuple[str, int], tuple[Future, int, float]] = {}  # → (future, source seq, sent at)
+        self.timeout_s = FLOW_TIMEOUT_S
         self._lock = threading.Lock()
         self._next_id = 0
         self._done = threading.Event()
@@ -87,16 +89,26 @@ class FlowClient:
         with self._lock:
             batch_id = self._next_id
             self._next_id += 1
-            self._pending[(refs["stream"], batch_id)] = (future, refs["source"].seq)
+            key = (refs["stream"], batch_id)
+            self._pending[key] = (future, refs["source"].seq, time.monotonic())
         req = FlowRequest(stream=refs["stream"], batch_id=batch_id, source=refs["source"], targets=refs["targets"])
         if not self.requests.send(req, timeout_s=1.0):
+            with self._lock:
+                self._pending.pop(key, None)
             future.set_exception(RuntimeError("the flow process is not taking requests"))
         return future
 
     def holds(self, stream: str) -> int | None:
         """Seq of the oldest frame a pending flow of `stream` still has to read, if any."""
+        now_ = time.monotonic()
         with self._lock:
-            seqs = [seq for (name, _), (_, seq) in self._pending.items() if name == stream]
+            # A request the flow process never answered (it died) stops holding frames after the timeout.
+            for key, (future, _, sent) in list(self._pending.items()):
+                if now_ - sent > self.timeout_s:
+                    del self._pending[key]
+                    if not future.done():
+                        future.set_exception(TimeoutError("the flow process did not answer"))
+            seqs = [seq for (name, _), (_, seq, _) in self._pending.items() if name == stream]
         return min(seqs) if seqs else None
 
     def _answers(self) -> None:
@@ -144,6 +156,9 @@ class WorkerStream:
     prompt_version: int = 1  # as the API counts: 1 for the first prompt
     removed: bool = False
     refreshes_seen: int = 0
+    next_seq: int = 0  # next frame expected: anything below was queued already (restart re-scan)
+    outputs: collections.deque = field(default_factory=collections.deque)  # styled, waiting for room in the out ring
+    written_seq: int = -1  # last frame whose output went to egress
 
 
 @dataclass
@@ -151,7 +166,6 @@ class BatchMeta:
     batch_id: int
     rows: list[tuple[WorkerStream, Frame]]
     versions: dict[str, int]
-    rows_done: list = field(default_factory=list)
 
 
 class GpuWorker:
@@ -166,10 +180,11 @@ class GpuWorker:
         self.control = proc.bus.socket("DEALER", "control", bind=False, identity=proc.name.encode())
         self.streams: dict[str, WorkerStream] = {}
         self.results: queue.Queue = queue.Queue()
-        self.pending: collections.deque[tuple[BatchMeta, object]] = collections.deque()  # results in batch order
         self.in_flight = 0
         self.next_batch = 0
         self.draining = False
+        # Test-only fault injection: pretend every batch takes this much longer (a GPU slower than its sources).
+        self.fault_delay_s = float(os.environ.get("STYLECAST_FAULT_GPU_DELAY_MS", "0")) / 1000
         bundle = load_profile(s.model.profile, s.model.device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
         self.device = str(bundle.device)
         self.flows = FlowClient(proc, self.size)
@@ -224,9 +239,31 @@ class GpuWorker:
         live = cfg.live if cfg.live is not None else cfg.kind != "file"
         seed = cfg.seed if cfg.seed is not None else self.proc.settings.engine.seed
         self.engine.open_stream(cfg.name, cfg.prompt, seed=seed)
-        self.engine.streams[cfg.name].next_index = in_ring.written
-        self.streams[cfg.name] = WorkerStream(cfg.name, live, in_ring, out_ring)
-        log.info("stream %s added (%s)", cfg.name, "live" if live else "lossless")
+        st = WorkerStream(cfg.name, live, in_ring, out_ring)
+        self.streams[cfg.name] = st
+        self._recover(st)
+        self.engine.streams[cfg.name].next_index = st.queue[0].seq if st.queue else in_ring.written
+        log.info("stream %s added (%s)%s", cfg.name, "live" if live else "lossless",
+                 f", {len(st.queue)} unfinished frame(s) picked up from the ring" if st.queue else "")
+
+    def _recover(self, st: WorkerStream) -> None:
+        """A restarted worker redoes the frames its predecessor took but never wrote out: they are still in
+        the input ring (released only once written). Their Frame messages died with it; the ring's slot
+        headers hold what is needed to rebuild them."""
+        ring = st.in_ring
+        st.next_seq = ring.released
+        for seq in range(ring.released, ring.written):
+            slot = seq % ring.slots
+            try:
+                header = ring.peek(slot)
+            except StaleSlot:  # being overwritten right now: a live source lapped it
+                continue
+            if header is None or header.seq != seq:
+                continue  # overwritten (live source): that frame is gone, and counted when it is missed
+            flags = FrameFlags.DISCONTINUITY if not st.queue else FrameFlags.NONE
+            st.queue.append(Frame(stream=st.name, seq=seq, slot=slot, generation=header.generation,
+                                  t_capture=header.times[0], t_ingest=header.times[1], flags=int(flags)))
+            st.next_seq = seq + 1
 
     def _remove_stream(self, name: str) -> None:
         st = self._stream(name)
@@ -256,6 +293,9 @@ class GpuWorker:
         if isinstance(msg, StreamState):  # the source ended (or failed): flush what is queued
             st.ending = True
             return
+        if msg.seq < st.next_seq:  # already queued from the ring after a restart
+            return
+        st.next_seq = msg.seq + 1
         st.queue.append(msg)
         limit = 2 * self.batch
         while st.live and len(st.queue) > limit:  # behind on a live source: the oldest frame goes
@@ -264,7 +304,7 @@ class GpuWorker:
         self.proc.metrics.queue_depth.labels(st.name, "gpu").set(len(st.queue))
 
     def _ready_to_dispatch(self) -> bool:
-        waiting = [st for st in self.streams.values() if st.queue]
+        waiting = [st for st in self.streams.values() if st.queue and len(st.outputs) < self.batch]
         if not waiting or self.in_flight >= self.engine.config.pipeline_depth + 1:
             return False
         total = sum(len(st.queue) for st in waiting)
@@ -276,7 +316,8 @@ class GpuWorker:
         while self._ready_to_dispatch():
             parts, refs, rows = [], {}, []
             budget = self.batch
-            for st in sorted((s for s in self.streams.values() if s.queue), key=lambda s: s.queue[0].t_ingest):
+            for st in sorted((s for s in self.streams.values() if s.queue and len(s.outputs) < self.batch),
+                             key=lambda s: s.queue[0].t_ingest):
                 if not budget:
                     break
                 frames = np.empty((min(budget, len(st.queue)), self.size, self.size, 3), np.uint8)
@@ -308,6 +349,8 @@ class GpuWorker:
             self.next_batch += 1
             t0 = time.monotonic()
             future = self.engine.submit_mixed(parts, refs)
+            if self.fault_delay_s:
+                time.sleep(self.fault_delay_s)
             self.in_flight += 1
             log.debug("batch %d: %s submitted in %.1f ms", meta.batch_id, {n: len(f) for n, f in parts}, (time.monotonic() - t0) * 1e3)
             future.add_done_callback(lambda f, meta=meta: self.results.put((meta, f)))
@@ -316,10 +359,11 @@ class GpuWorker:
                 self._release_inputs(st)
 
     def _release_inputs(self, st: WorkerStream) -> None:
-        """Free input slots the worker and the flow process no longer need (the last frame stays)."""
+        """Free input slots once their frames are written out (so a restarted worker can redo the rest),
+        keeping the last dispatched frame (the next refresh's flow source) and what a pending flow reads."""
         if st.last_ref is None:
             return
-        keep = st.last_ref.seq
+        keep = min(st.last_ref.seq, st.written_seq + 1)
         held = self.flows.holds(st.name)
         if held is not None:
             keep = min(keep, held)
@@ -328,64 +372,64 @@ class GpuWorker:
     # ---- output ----------------------------------------------------------------------------------------
 
     def _collect(self) -> None:
+        """Finished batches go row by row into each stream's output queue; each stream then writes what its
+        egress has room for. A stream whose egress is behind (or restarting) holds only its own frames."""
         while True:
             try:
-                self.pending.append(self.results.get_nowait())
+                meta, future = self.results.get_nowait()
             except queue.Empty:
                 break
-        while self.pending:
-            meta, future = self.pending[0]
-            if not self._write_batch(meta, future):
-                return  # a lossless stream's egress is behind: retry on the next turn, in order
-            self.pending.popleft()
             self.in_flight -= 1
+            self._unpack(meta, future)
         for st in list(self.streams.values()):
+            self._write_out(st)
             self._release_inputs(st)
             if st.ending and not st.queue and not st.in_flight:
                 self._end_stream(st)
 
-    def _write_batch(self, meta: BatchMeta, future) -> bool:
+    def _unpack(self, meta: BatchMeta, future) -> None:
         exc = future.exception()
         if exc is not None:
             log.error("batch %d failed: %s", meta.batch_id, exc)
             for st, msg in meta.rows:
                 self.proc.dropped(st.name, msg.seq, "gpu", "error")
                 st.in_flight -= 1
-            meta.rows = []
-            return True
+            return
         out: BatchOutput = future.result()
         timings = out.timings
         t_start, t_done = timings["t_submit"], timings["t_done"]
-        t_side = max(t_start, t_done - timings.get("main_ms", 0.0) / 1000)
-        while meta.rows:
-            st, msg = meta.rows[0]
-            row = len(out.frames) - len(meta.rows)
+        times = (t_start, max(t_start, t_done - timings.get("main_ms", 0.0) / 1000), t_done)
+        for row, (st, msg) in enumerate(meta.rows):
             if st.removed:
                 self.proc.dropped(st.name, msg.seq, "gpu", "removed")
                 st.in_flight -= 1
-                meta.rows.pop(0)
                 if not st.in_flight:
                     self._close_rings(st)
                 continue
-            if not st.live and not st.out_ring.has_space():
-                return False
-            slot, generation = st.out_ring.write(out.frames[row], msg.seq)
-            self.styled.send(Styled(
-                stream=st.name, seq=msg.seq, slot=slot, generation=generation, batch_id=meta.batch_id,
-                t_capture=msg.t_capture, t_ingest=msg.t_ingest, t_batch_start=t_start, t_side_done=t_side,
-                t_main_done=t_done, flags=msg.flags, pts=msg.pts, prompt_version=meta.versions[st.name],
-            ), topic=st.name, timeout_s=None)
-            self.proc.metrics.count_frames(st.name, "gpu", "processed")
-            st.in_flight -= 1
-            meta.rows_done.append(meta.rows.pop(0))
-        for st in {st.name: st for st, _ in meta.rows_done}.values():
+            st.outputs.append((msg, out.frames[row], times, meta.batch_id, meta.versions[st.name]))
+        for st in {st.name: st for st, _ in meta.rows}.values():
             engine_state = self.engine.streams.get(st.name)
             if engine_state is not None and engine_state.refreshes > st.refreshes_seen:
                 self.proc.metrics.cond_refreshes.labels(st.name, "scheduled").inc(engine_state.refreshes - st.refreshes_seen)
                 st.refreshes_seen = engine_state.refreshes
         self.proc.metrics.batch_wall.labels(self.device, "side").observe(timings.get("side_ms", 0.0) / 1000)
         self.proc.metrics.batch_wall.labels(self.device, "main").observe(timings.get("main_ms", 0.0) / 1000)
-        return True
+
+    def _write_out(self, st: WorkerStream) -> None:
+        while st.outputs:
+            if not st.live and not st.out_ring.has_space():
+                return  # lossless: wait for this stream's egress, the others go on
+            msg, frame, (t_start, t_side, t_done), batch_id, version = st.outputs.popleft()
+            # The times let a restarted egress rebuild what it missed from the ring alone.
+            slot, generation = st.out_ring.write(frame, msg.seq, times=(msg.t_capture, msg.t_ingest, t_start, t_done))
+            self.styled.send(Styled(
+                stream=st.name, seq=msg.seq, slot=slot, generation=generation, batch_id=batch_id,
+                t_capture=msg.t_capture, t_ingest=msg.t_ingest, t_batch_start=t_start, t_side_done=t_side,
+                t_main_done=t_done, flags=msg.flags, pts=msg.pts, prompt_version=version,
+            ), topic=st.name, timeout_s=None)
+            self.proc.metrics.count_frames(st.name, "gpu", "processed")
+            st.written_seq = msg.seq
+            st.in_flight -= 1
 
     def _end_stream(self, st: WorkerStream) -> None:
         """All of an ended stream's frames are out: tell its egress, then forget the stream."""
@@ -406,6 +450,8 @@ class GpuWorker:
                 self.draining = True  # SIGTERM drains too: what was accepted is written or counted
             busy = self.in_flight or any(st.queue for st in self.streams.values())
             if self.draining and not busy:
+                while (msg := self.frames.recv(timeout_s=0.05)) is not None:  # frames that raced the stop: counted
+                    self._handle_frame(msg)
                 for st in list(self.streams.values()):
                     self._end_stream(st)
                 break

@@ -51,8 +51,9 @@ class Ingest:
     def run(self) -> int:
         ingest = self.proc.settings.ingest
         attempts, delay = 0, ingest.reconnect_backoff_initial_s
+        ended_before = False  # a live source that ended is being reconnected, not started
         while not self.proc.stop.is_set():
-            state = StreamStatus.STARTING if attempts == 0 else StreamStatus.RECONNECTING
+            state = StreamStatus.STARTING if attempts == 0 and not ended_before else StreamStatus.RECONNECTING
             self.proc.stream_state(self.name, state)
             try:
                 finished = self._play()
@@ -61,19 +62,21 @@ class Ingest:
             except SourceError as exc:
                 attempts += 1
                 limit = ingest.reconnect_max_attempts
-                if not self._live or (limit and attempts > limit):
+                if self.cfg.kind == "file" or (limit and attempts > limit):
                     return self._fail(f"{exc} (after {attempts} attempt(s))")
                 log.warning("%s: %s; reconnecting in %.1f s (attempt %d)", self.name, exc, delay, attempts)
                 self.proc.stream_state(self.name, StreamStatus.RECONNECTING, str(exc))
                 self.proc.stop.wait(delay)
                 delay = min(delay * 2, ingest.reconnect_backoff_max_s)
                 continue
-            if finished and not self._live:
-                self.proc.write_summary({"read": self.seq})
+            if finished and self.cfg.kind == "file":  # a file ends (live or not); a camera that ends is reconnected
                 self._send(StreamState(stream=self.name, state=StreamStatus.STOPPED, reason="end_of_stream", time=now()))
                 self.proc.stream_state(self.name, StreamStatus.STOPPED, f"end of file after {self.seq} frames")
                 return 0
             attempts, delay = 0, ingest.reconnect_backoff_initial_s  # a live source ended: reconnect
+            ended_before = True
+            if not self.proc.stop.is_set():
+                log.warning("%s: the source ended; reconnecting", self.name)
         return 0
 
     def _fail(self, reason: str) -> int:
@@ -94,9 +97,13 @@ class Ingest:
             self.proc.set_state(ProcessState.READY)
             self.proc.stream_state(self.name, StreamStatus.RUNNING)
             flags = FrameFlags.DISCONTINUITY
+            # A restarted ingest of a file goes on after the frames its predecessor delivered.
+            delivered = 0 if source.live else self.seq
             for item in source:
                 if self.proc.stop.is_set():
                     return False
+                if item.index < delivered:
+                    continue
                 if not source.live:
                     while not self.ring.wait_for_space(0.2, stop=self.proc.stop.is_set):
                         if self.proc.stop.is_set():
@@ -122,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", required=True)
     args = parser.parse_args(argv)
     with ChildProcess(f"ingest-{args.stream}") as proc:
-        return Ingest(proc, args.stream).run()
+        ingest = Ingest(proc, args.stream)
+        try:
+            return ingest.run()
+        finally:
+            proc.write_summary({"read": ingest.seq})  # frames delivered, for the run summary
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ class RtspServer:
 
     def __init__(self, clip: str | os.PathLike | None = None, user: str | None = None,
                  password: str | None = None, *, size: tuple[int, int] = (320, 240), fps: int = 25,
-                 record_to: str | os.PathLike | None = None, start_timeout_s: float = 20.0) -> None:
+                 record_to: str | os.PathLike | None = None, start_timeout_s: float = 20.0,
+                 port: int = 0) -> None:
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither")
         self.clip = Path(clip) if clip is not None else None
@@ -71,7 +72,7 @@ class RtspServer:
         self.size, self.fps = size, fps
         self.recorded_path = Path(record_to) if record_to is not None else None
         self.start_timeout_s = start_timeout_s
-        self.port: int | None = None
+        self.port: int | None = port or None  # 0: the kernel picks; restart() keeps the port
         self._process: subprocess.Popen | None = None
         self._stderr_lines: list[str] = []
 
@@ -95,7 +96,7 @@ class RtspServer:
     # -- lifetime ------------------------------------------------------------------------------
     def start(self) -> "RtspServer":
         command = [SYSTEM_PYTHON, str(Path(__file__).resolve()), "--width", str(self.size[0]),
-                   "--height", str(self.size[1]), "--fps", str(self.fps)]
+                   "--height", str(self.size[1]), "--fps", str(self.fps), "--port", str(self.port or 0)]
         if self.clip is not None:
             if not self.clip.is_file():
                 raise FileNotFoundError(f"RTSP test clip not found: {self.clip}")
@@ -202,12 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--record-to")
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
     Gst.init(None)
 
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
-    server.set_service("0")  # the kernel picks a free port; we report it below
+    server.set_service(str(args.port))  # 0: the kernel picks a free port; we report it below
     mounts = server.get_mount_points()
 
     play = GstRtspServer.RTSPMediaFactory()
