@@ -72,6 +72,7 @@ class ChildProcess:
         self.metrics = get_metrics()
         self.bus = Bus(self.settings.service, self.run, process=name)
         self.stop = threading.Event()
+        self.orphaned = threading.Event()  # the supervisor died: nobody consumes or supervises, so don't drain
         self._beat = threading.Event()  # set: send a heartbeat now (a state change should not wait a period)
         self.state = ProcessState.STARTING
         self.detail = ""
@@ -90,8 +91,9 @@ class ChildProcess:
         parent = os.getppid()
         try:
             while True:
-                if os.getppid() != parent and not self.stop.is_set():  # the supervisor is gone: drain and go
+                if os.getppid() != parent and not self.orphaned.is_set():  # the supervisor is gone
                     log.error("%s: supervisor (pid %d) is gone, stopping", self.name, parent)
+                    self.orphaned.set()
                     self.stop.set()
                 self._beat.clear()
                 channel.send(Heartbeat(process=self.name, pid=os.getpid(), time=now(), state=self.state, detail=self.detail),

@@ -445,9 +445,17 @@ class GpuWorker:
     def run(self) -> int:
         self.proc.set_state(ProcessState.READY, f"device={self.device}")
         channels = [self.frames, self.control]
+        drain_deadline = None
         while True:
+            if self.proc.orphaned.is_set():
+                log.error("no supervisor: leaving without draining (%d batch(es) in flight)", self.in_flight)
+                break
             if self.proc.stop.is_set():
                 self.draining = True  # SIGTERM drains too: what was accepted is written or counted
+                drain_deadline = drain_deadline or time.monotonic() + self.proc.settings.service.drain_timeout_s
+                if time.monotonic() > drain_deadline:
+                    log.error("drain did not finish within %.0f s; leaving", self.proc.settings.service.drain_timeout_s)
+                    break
             busy = self.in_flight or any(st.queue for st in self.streams.values())
             if self.draining and not busy:
                 while (msg := self.frames.recv(timeout_s=0.05)) is not None:  # frames that raced the stop: counted

@@ -40,6 +40,7 @@ class Ingest:
         self.frames = proc.bus.socket("PUSH", "frames", bind=False)
         self.seq = self.ring.written  # a restarted ingest continues the numbering
         self.scene = SceneCutDetector()
+        self.corrupt_counted = 0
 
     def _send(self, msg) -> bool:
         """Block (in short waits, watching the stop flag) until the GPU worker takes the message."""
@@ -71,7 +72,8 @@ class Ingest:
                 continue
             if finished and self.cfg.kind == "file":  # a file ends (live or not); a camera that ends is reconnected
                 self._send(StreamState(stream=self.name, state=StreamStatus.STOPPED, reason="end_of_stream", time=now()))
-                self.proc.stream_state(self.name, StreamStatus.STOPPED, f"end of file after {self.seq} frames")
+                # Still running until egress has written the last frame (egress reports 'stopped').
+                self.proc.stream_state(self.name, StreamStatus.RUNNING, f"end of file after {self.seq} frames; finishing")
                 return 0
             attempts, delay = 0, ingest.reconnect_backoff_initial_s  # a live source ended: reconnect
             ended_before = True
@@ -99,6 +101,7 @@ class Ingest:
             flags = FrameFlags.DISCONTINUITY
             # A restarted ingest of a file goes on after the frames its predecessor delivered.
             delivered = 0 if source.live else self.seq
+            self.corrupt_counted = 0
             for item in source:
                 if self.proc.stop.is_set():
                     return False
@@ -118,6 +121,10 @@ class Ingest:
                 if not self._send(msg):
                     return False
                 self.proc.metrics.count_frames(self.name, "ingest", "processed")
+                corrupt = source.counters.corrupt_skipped
+                if corrupt > self.corrupt_counted:  # damaged packets the decoder skipped past, counted
+                    self.proc.metrics.count_frames(self.name, "ingest", "dropped_corrupt", corrupt - self.corrupt_counted)
+                    self.corrupt_counted = corrupt
                 self.seq += 1
                 self.proc.detail = f"read={self.seq}"
                 flags = FrameFlags.NONE
