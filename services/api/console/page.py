@@ -25,7 +25,7 @@ def _sha256_source(text: str) -> str:
 CONSOLE_HTML = PAGE.replace("__STYLE__", STYLE).replace("__SCRIPT__", SCRIPT).encode("utf-8")
 CONTENT_SECURITY_POLICY = (
     f"default-src 'none'; script-src {_sha256_source(SCRIPT)}; style-src {_sha256_source(STYLE)}; "
-    "img-src 'self' blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    "img-src 'self' blob: data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
 _HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,

@@ -44,12 +44,14 @@ PAGE = r"""<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>StyleCast console</title>
+<link rel="icon" href="data:,">
 <style>__STYLE__</style>
 </head>
 <body>
 <header>
   <h1>StyleCast console</h1>
   <span>node <span id="ready" class="badge">?</span> <span id="ready-reason" class="dim"></span></span>
+  <span id="processes" class="dim"></span>
   <span id="gpu-figures" class="dim"></span>
   <span id="conn" class="error"></span>
 </header>
@@ -79,7 +81,8 @@ const POLL_MS = 1000, PREVIEW_MS = 250, PREVIEW_RETRY_MS = 1000;
 const STAGES = ["ingest", "queue", "side", "main", "egress"];
 const token = new URLSearchParams(location.search).get("token");
 const cards = new Map();          // stream name -> {el, previews: [loops], alive}
-let lastMetrics = null;           // previous scrape's sums and counts, for recent means
+const METRICS_WINDOW_MS = 10000;
+const metricsHistory = [];        // recent scrapes' sums and counts, {t, values}: means over the last ~10 s
 
 function authHeaders(extra) {
   const headers = Object.assign({}, extra || {});
@@ -231,19 +234,22 @@ async function refreshMetrics() {
   const response = await fetch("/metrics", {cache: "no-store"});
   if (!response.ok) return;
   const now = parseMetrics(await response.text());
+  const t = Date.now();
+  while (metricsHistory.length > 1 && t - metricsHistory[1].t > METRICS_WINDOW_MS) metricsHistory.shift();
+  const before = metricsHistory.length ? metricsHistory[0].values : null;
+  metricsHistory.push({t, values: now});
   for (const [name, card] of cards) {
     const parts = STAGES.map(stage => {
-      const mean = recentMean(now, lastMetrics, "stylecast_stage_latency_seconds", name, stage);
+      const mean = recentMean(now, before, "stylecast_stage_latency_seconds", name, stage);
       return mean === null ? "–" : (mean * 1000).toFixed(1);
     });
     card.fields.stages.textContent = parts.join(" · ") + " ms";
   }
-  const batch = recentMean(now, lastMetrics, "stylecast_gpu_batch_size", "", "");
-  const side = recentMean(now, lastMetrics, "stylecast_gpu_batch_wall_seconds", "", "side");
-  const main = recentMean(now, lastMetrics, "stylecast_gpu_batch_wall_seconds", "", "main");
+  const batch = recentMean(now, before, "stylecast_gpu_batch_size", "", "");
+  const side = recentMean(now, before, "stylecast_gpu_batch_wall_seconds", "", "side");
+  const main = recentMean(now, before, "stylecast_gpu_batch_wall_seconds", "", "main");
   document.getElementById("gpu-figures").textContent =
     `GPU batch ${batch === null ? "–" : batch.toFixed(1)} frames · side ${ms(side === null ? null : side * 1000)} · main ${ms(main === null ? null : main * 1000)}`;
-  lastMetrics = now;
 }
 
 async function refresh() {
@@ -273,6 +279,16 @@ async function refresh() {
     badge.textContent = ready.ready ? "ready" : "not ready";
     badge.className = "badge " + (ready.ready ? "ready" : "notready");
     document.getElementById("ready-reason").textContent = ready.reason;
+  } catch (e) { /* shown by the /streams error above */ }
+  try {
+    const health = await (await fetch("/healthz", {cache: "no-store"})).json();
+    const processes = health.processes;
+    const notReady = processes.filter(p => p.state !== "ready").map(p => `${p.name} ${p.state}`);
+    const restarts = processes.reduce((total, p) => total + p.restarts, 0);
+    const line = document.getElementById("processes");
+    line.textContent = `processes ${processes.length - notReady.length}/${processes.length} ready` +
+      (notReady.length ? ` (${notReady.join(", ")})` : "") + ` · restarts ${restarts}`;
+    line.className = notReady.length || restarts ? "notice" : "dim";
   } catch (e) { /* shown by the /streams error above */ }
   try { await refreshMetrics(); } catch (e) { /* figures stay as they were */ }
 }
