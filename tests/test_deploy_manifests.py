@@ -153,7 +153,7 @@ def _env() -> dict[str, str]:
         elif "secretKeyRef" in item.get("valueFrom", {}):
             env[item["name"]] = "secret-from-kubernetes-0123456789"
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
-            env[item["name"]] = "stylecast-1"
+            env[item["name"]] = "stylecast-0"
     env["STYLECAST_MODEL__PROFILE"] = "synthetic-full"  # the real path exists only on the cluster's volume
     return env
 
@@ -202,8 +202,9 @@ def test_sharding_environment() -> None:
     env = {item["name"]: item for item in _container()["env"]}
     assert env["STYLECAST_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert int(env["STYLECAST_REPLICAS"]["value"]) == statefulset["spec"]["replicas"], "STYLECAST_REPLICAS must equal spec.replicas"
-    shard = shard_from_env({"STYLECAST_POD_NAME": f"{statefulset['metadata']['name']}-1", "STYLECAST_REPLICAS": env["STYLECAST_REPLICAS"]["value"]})
-    assert (shard.ordinal, shard.replicas) == (1, statefulset["spec"]["replicas"])
+    last = statefulset["spec"]["replicas"] - 1  # the highest pod of the set
+    shard = shard_from_env({"STYLECAST_POD_NAME": f"{statefulset['metadata']['name']}-{last}", "STYLECAST_REPLICAS": env["STYLECAST_REPLICAS"]["value"]})
+    assert (shard.ordinal, shard.replicas) == (last, statefulset["spec"]["replicas"])
 
 
 def test_objects_referenced_but_not_shipped_are_documented() -> None:
