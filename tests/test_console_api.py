@@ -308,3 +308,12 @@ def test_latest_frame_answers_while_another_thread_writes(rings) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_mjpg_viewers_are_capped(control: PreviewFake, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.api.console import preview
+
+    monkeypatch.setattr(preview, "MAX_MJPEG_VIEWERS", 0)
+    control.frames[("cam", "input")] = [frame(0)]
+    r = make(control).get("/streams/cam/preview/input.mjpg")
+    assert r.status_code == 503 and r.json()["error"] == "too_many_viewers"

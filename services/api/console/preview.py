@@ -97,7 +97,6 @@ def preview_router(control: PreviewControl, service: ServiceSettings) -> APIRout
         first = await run_in_threadpool(control.latest_frame, name, side)  # 404 here, before the stream starts
         if viewers["mjpeg"] >= MAX_MJPEG_VIEWERS:
             raise ApiError(503, "too_many_viewers", f"the preview already has its maximum of {MAX_MJPEG_VIEWERS} viewers")
-        viewers["mjpeg"] += 1
         return StreamingResponse(
             _mjpeg_parts(request, control, name, side, 1.0 / fps, first, viewers),
             media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}", headers=_NO_STORE,
@@ -109,6 +108,7 @@ def preview_router(control: PreviewControl, service: ServiceSettings) -> APIRout
 async def _mjpeg_parts(request: Request, control: PreviewControl, name: str, side: str, period_s: float,
                        frame: np.ndarray | None, viewers: dict):
     last: np.ndarray | None = None
+    viewers["mjpeg"] += 1  # counted here, not in the route: a response never started never runs `finally`
     try:
         while True:
             if frame is not None and (last is None or frame.shape != last.shape or not np.array_equal(frame, last)):
