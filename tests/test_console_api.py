@@ -154,14 +154,13 @@ def test_mjpg_refusals(control: PreviewFake) -> None:
 def test_mjpg_stops_reading_frames_when_the_viewer_leaves(control: PreviewFake) -> None:
     control.frames[("cam", "input")] = [frame(i) for i in range(0, 200, 5)]
     with ApiServer(create_app(control, ServiceSettings(runtime_dir="/tmp/x")), "127.0.0.1", 0) as server:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            with client.stream("GET", "/streams/cam/preview/input.mjpg?fps=20") as r:
-                assert r.status_code == 200
-                received = b""
-                for chunk in r.iter_bytes():
-                    received += chunk
-                    if received.count(BOUNDARY) >= 3:
-                        break
+        with httpx.Client(base_url=server.url, timeout=10) as client, client.stream("GET", "/streams/cam/preview/input.mjpg?fps=20") as r:
+            assert r.status_code == 200
+            received = b""
+            for chunk in r.iter_bytes():
+                received += chunk
+                if received.count(BOUNDARY) >= 3:
+                    break
         time.sleep(0.5)  # the server notices the disconnect within a tick
         calls = control.frame_calls
         time.sleep(0.5)

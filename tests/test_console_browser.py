@@ -76,9 +76,9 @@ def service(tmp_path, bikes_path):
         "streams": [{"name": "main", "source": bikes_path, "prompt": "make it an oil painting", "pace": True}],
     }
     (tmp_path / "stylecast.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--config", str(tmp_path / "stylecast.yaml")],
-                            env=service_env(tmp_path / "rt"), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "serve.err", "w"))
+    with open(tmp_path / "serve.err", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--config", str(tmp_path / "stylecast.yaml")],
+                                env=service_env(tmp_path / "rt"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {TOKEN}"})
     try:
         _wait(lambda: client.get("/readyz").status_code == 200, 120, "/readyz")
@@ -162,9 +162,9 @@ def test_console_lists_adds_previews_and_changes_prompts(service, browser, bikes
     for card in (main, second):
         for side in ("input", "output"):
             img = card.find_element(By.CSS_SELECTOR, f"img.preview-{side}")
-            _wait(lambda: _shown(img), 30, f"a {side} preview frame")
+            _wait(lambda img=img: _shown(img), 30, f"a {side} preview frame")
             before = _picture(img)
-            _wait(lambda: np.abs(_picture(img) - before).mean() > 1.0, 20, f"the {side} preview to change")
+            _wait(lambda img=img, before=before: np.abs(_picture(img) - before).mean() > 1.0, 20, f"the {side} preview to change")
 
     # A prompt edit reaches the service: API prompt_version 2, and the encoder's metric at the next batch.
     prompt = main.find_element(By.CSS_SELECTOR, ".prompt-input")

@@ -18,10 +18,15 @@ import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import jsonschema
 import pytest
 import yaml
 from packaging.requirements import Requirement
+
+try:
+    import check_jsonschema  # noqa: F401  (only its vendored compose-spec.json is used)
+    import jsonschema
+except ImportError as exc:  # a clear failure, not a skip: these checks must run in CI
+    raise ImportError(f"{exc.name} is missing: pip install -r deploy/requirements-ci.txt") from exc
 
 from shared.settings import Settings, load_settings
 

@@ -12,10 +12,14 @@ import copy
 import json
 from pathlib import Path
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
+
+try:
+    import jsonschema
+    import kubernetes_validate
+except ImportError as exc:  # a clear failure, not a skip: these checks must run in CI
+    raise ImportError(f"{exc.name} is missing: pip install -r deploy/requirements-ci.txt") from exc
 
 from services.commands.doctor import stream_shm_bytes
 from shared.settings import Settings, load_settings
@@ -23,7 +27,7 @@ from shared.sharding import POD_NAME_ENV, REPLICAS_ENV, shard_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
-KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # oldest we claim (pod-name ordinals, sidecar-free) and newest shipped
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # the oldest release still widely run, and the newest the wheel ships
 SERVICEMONITOR_SCHEMA = REPO / "deploy" / "schemas" / "servicemonitor.v1.subset.json"
 EXTERNAL_OBJECTS = {("Secret", "stylecast-api"), ("PersistentVolumeClaim", "stylecast-models")}  # made by the operator
 

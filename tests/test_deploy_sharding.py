@@ -62,7 +62,7 @@ def test_adding_a_replica_moves_few_streams_and_only_to_it(before: int) -> None:
 def test_owned_keeps_order_and_partitions() -> None:
     names = NAMES[:50]
     parts = [owned(names, k, 3) for k in range(3)]
-    assert sorted(sum(parts, [])) == sorted(names)
+    assert sorted(name for part in parts for name in part) == sorted(names)
     assert parts[1] == [n for n in names if owner(n, 3) == 1]
 
 

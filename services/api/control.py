@@ -25,13 +25,13 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "PREVIEW_SIDES",
     "ControlError",
     "ControlPlane",
     "ControlUnavailable",
     "FrameCounters",
     "HealthInfo",
     "LatencyPercentiles",
-    "PREVIEW_SIDES",
     "PreviewControl",
     "PreviewSide",
     "ProcessHealth",
