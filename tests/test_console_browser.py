@@ -27,10 +27,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 try:
-    import selenium  # noqa: F401
+    from selenium.common.exceptions import WebDriverException
     SELENIUM_MISSING = None
 except ImportError:
-    SELENIUM_MISSING = "the Python package selenium is not installed (pip install selenium)"
+    WebDriverException = OSError  # never raised by the predicates then: the test is skipped anyway
+    SELENIUM_MISSING = "the Python package selenium is not installed (pip install -r deploy/requirements-ci.txt)"
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
@@ -50,7 +51,7 @@ def _wait(predicate, timeout: float, what: str):
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except (httpx.TransportError, LookupError, ValueError):
+        except (httpx.TransportError, LookupError, ValueError, WebDriverException):  # not there yet: look again
             value = None
         if value:
             return value
