@@ -134,7 +134,8 @@ def test_gpu_probes_and_security(tmp_path: Path) -> None:
     pod = statefulset["spec"]["template"]["spec"]
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert f"USER {pod['securityContext']['runAsUser']}:" in dockerfile, "pod uid and image user differ"
+    context = pod["securityContext"]
+    assert f"USER {context['runAsUser']}:{context['runAsGroup']}" in dockerfile, "pod uid/gid and image user differ"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     drain = load_settings(_config_file(tmp_path), env=_env()).service.drain_timeout_s
     assert pod["terminationGracePeriodSeconds"] > drain + 10, "Kubernetes would kill the pod before it drains"
