@@ -11,6 +11,8 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 
+import numpy as np
+
 from services.api.control import (
     ControlUnavailable,
     FrameCounters,
@@ -27,9 +29,13 @@ from services.api.control import (
 from services.ingest.errors import SourceError
 from services.supervisor import StreamRecord, Supervisor, SupervisorError
 from shared.process import parse_detail
+from shared.ring import Ring, StaleSlot
 from shared.settings import StreamSettings
 
 FPS_WINDOW_S = 5.0
+# The preview must not wait behind a long supervisor call (adding a stream can take a minute).
+PREVIEW_TIMEOUT_S = 2.0
+PREVIEW_RING_KINDS = {"input": "in", "output": "out"}  # preview side -> ring kind of the stream
 
 
 class SupervisorControl:
@@ -69,6 +75,30 @@ class SupervisorControl:
             return ReadyInfo(ready=False, reason=f"gpu worker: {gpu.state if gpu else 'not started'} (loading models)")
 
         return self._call(check)
+
+    def latest_frame(self, name: str, side: str) -> np.ndarray | None:
+        """The newest frame of the stream's input or output ring (a copy), None before the first.
+
+        Read on the supervisor's thread: it owns the rings and unlinks them when a stream goes, so
+        no ring can be closed under a read.
+        """
+        kind = PREVIEW_RING_KINDS.get(side)
+        if kind is None:
+            raise ValueError(f"preview side must be one of {sorted(PREVIEW_RING_KINDS)}, got {side!r}")
+
+        def read():
+            rec = self.sup.streams.get(name)
+            if rec is None:
+                raise UnknownStream(name)
+            ring = next((r for r in rec.rings if r.name.endswith(f"-{kind}")), None)
+            if ring is None:  # a stream that failed before its rings were made
+                return None
+            frame, complete = newest_frame(ring)
+            if frame is None and not complete:
+                raise ControlUnavailable(f"stream {name!r}: the newest {side} frames were overwritten while read; try again")
+            return frame
+
+        return self._call(read, timeout_s=PREVIEW_TIMEOUT_S)
 
     # ---- changes ---------------------------------------------------------------------------------------
 
@@ -154,6 +184,26 @@ class SupervisorControl:
         if len(samples) < 2 or samples[-1][0] == samples[0][0]:
             return None
         return max(0.0, (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0]))
+
+
+def newest_frame(ring: Ring, tries: int = 4) -> tuple[np.ndarray | None, bool]:
+    """(copy of the newest completed write of `ring`, True), or (None, True) if nothing was written yet.
+
+    The newest slot is `(written - 1) % slots`; the writer may be filling it (or lapping the reader),
+    which the slot's generation shows as StaleSlot: then the next older slot is tried. (None, False)
+    when `tries` slots in a row changed while read.
+    """
+    written = ring.written
+    for back in range(1, min(tries, ring.slots, written) + 1):
+        slot = (written - back) % ring.slots
+        try:
+            header = ring.peek(slot)
+            if header is None:
+                continue
+            return ring.read(slot, header.generation), True
+        except StaleSlot:
+            continue
+    return None, written == 0
 
 
 def _float(value) -> float | None:

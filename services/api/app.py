@@ -10,10 +10,13 @@ Routes (JSON unless said otherwise; every error body is `ErrorBody`, 422 adds `p
     GET    /streams/{name}          200 StreamInfo; 404
     DELETE /streams/{name}          204; 404
     PUT    /streams/{name}/prompt   200 StreamInfo with the new prompt_version; 400, 404, 413, 415, 422
+    GET    /streams/{name}/preview/{side}.jpg|.mjpg   newest input|output frame (only for a PreviewControl)
+    GET    /console                 the operator console page (HTML; not in the schema)
     GET    /openapi.json            the OpenAPI 3.1 description of all of the above
 
 Authentication: with `service.token` set, every /streams route answers 401 without
 `Authorization: Bearer <token>`; the probes, /metrics and /openapi.json stay open (see `auth`).
+The preview routes and /console also take the token as `?token=` (see `console.auth`).
 Any route may answer 503 `control_unavailable` when the supervisor cannot act now, and 500
 `internal_error` (with a request id, nothing else) for a fault of the service itself.
 """
@@ -32,7 +35,8 @@ from shared.settings import STREAM_NAME_RE, ServiceSettings, StreamSettings
 
 from .auth import bearer_token_dependency
 from .bodies import PromptUpdate, read_json_object, validate_prompt, validate_stream
-from .control import ControlPlane, HealthInfo, ReadyInfo, StreamInfo, UnknownStream
+from .console import console_router, preview_router
+from .control import ControlPlane, HealthInfo, PreviewControl, ReadyInfo, StreamInfo, UnknownStream
 from .errors import ErrorBody, ValidationErrorBody, install_error_handlers
 
 API_TITLE = "StyleCast control API"
@@ -87,6 +91,9 @@ def create_app(control: ControlPlane, service: ServiceSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(_operations_router(control))
     app.include_router(_streams_router(control, service))
+    if isinstance(control, PreviewControl):  # frames to show: the preview routes exist only then
+        app.include_router(preview_router(control, service))
+    app.include_router(console_router(service))
     app.openapi = lambda: _openapi_schema(app, token_required)  # type: ignore[method-assign]
     return app
 

@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from shared.protocol import StreamStatus
 from shared.settings import SecretUrl, SourceKind, StreamSettings, redact_url
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = [
+    "PREVIEW_SIDES",
     "ControlError",
     "ControlPlane",
     "ControlUnavailable",
     "FrameCounters",
     "HealthInfo",
     "LatencyPercentiles",
+    "PreviewControl",
+    "PreviewSide",
     "ProcessHealth",
     "ProcessHealthState",
     "ReadyInfo",
@@ -238,4 +244,25 @@ class ControlPlane(Protocol):
 
     def ready(self) -> ReadyInfo:
         """Ready only when the GPU worker reports its models loaded."""
+        ...
+
+
+PreviewSide = Literal["input", "output"]
+PREVIEW_SIDES: tuple[str, ...] = ("input", "output")
+
+
+@runtime_checkable
+class PreviewControl(ControlPlane, Protocol):
+    """A `ControlPlane` that can also show a stream's newest frames (the preview routes and the console).
+
+    A separate protocol so that control planes without frames (tests, tools) still satisfy
+    `ControlPlane`; `create_app` adds the preview routes only for implementations of this one.
+    """
+
+    def latest_frame(self, name: str, side: PreviewSide) -> np.ndarray | None:
+        """The newest frame of the stream's input ('input': the ingested S×S frame) or output ('output':
+        the stylised frame) as an S×S×3 uint8 RGB array, or None before the first one.
+
+        Raises `UnknownStream`, or `ControlUnavailable` when it cannot look now.
+        """
         ...
