@@ -31,7 +31,7 @@ try:
     SELENIUM_MISSING = None
 except ImportError:
     WebDriverException = OSError  # never raised by the predicates then: the test is skipped anyway
-    SELENIUM_MISSING = "the Python package selenium is not installed (pip install -r deploy/requirements-ci.txt)"
+    SELENIUM_MISSING = "the Python package selenium is not installed (pip install -e '.[dev]')"
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,

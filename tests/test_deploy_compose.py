@@ -26,7 +26,7 @@ try:
     import check_jsonschema  # noqa: F401  (only its vendored compose-spec.json is used)
     import jsonschema
 except ImportError as exc:  # a clear failure, not a skip: these checks must run in CI
-    raise ImportError(f"{exc.name} is missing: pip install -r deploy/requirements-ci.txt") from exc
+    raise ImportError(f"{exc.name} is missing: pip install -e '.[dev]'") from exc
 
 from shared.settings import Settings, load_settings
 
@@ -236,6 +236,6 @@ def test_every_copy_source_exists_and_reaches_the_build() -> None:
     assert _ignored("tests/test_api.py", patterns) and _ignored(".git/config", patterns)
 
 
-@pytest.mark.parametrize("name", ["README.md", "CONFIGURATION.md", "requirements-ci.txt"])
+@pytest.mark.parametrize("name", ["README.md", "CONFIGURATION.md"])
 def test_deploy_documents_exist(name: str) -> None:
     assert (DEPLOY / name).is_file() and (DEPLOY / name).stat().st_size > 0

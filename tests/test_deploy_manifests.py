@@ -19,7 +19,7 @@ try:
     import jsonschema
     import kubernetes_validate
 except ImportError as exc:  # a clear failure, not a skip: these checks must run in CI
-    raise ImportError(f"{exc.name} is missing: pip install -r deploy/requirements-ci.txt") from exc
+    raise ImportError(f"{exc.name} is missing: pip install -e '.[dev]'") from exc
 
 from services.commands.doctor import stream_shm_bytes
 from shared.settings import Settings, load_settings
