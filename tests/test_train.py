@@ -26,7 +26,7 @@ SIZE = 64
 STEPS = 30
 # The paper's lr (2e-4) is for real weights; a random tiny U-Net passes tiny gradients, so the test takes
 # larger steps to see the loss fall within a few dozen of them.
-CONFIG = dict(batch=4, lr=1e-2, save_every=STEPS // 2)
+CONFIG = {"batch": 4, "lr": 1e-2, "save_every": STEPS // 2}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -110,7 +110,7 @@ def test_resume_continues_the_same_trajectory(trained, tiny_bundle, pairs, tmp_p
     assert resumed.probe_losses == pytest.approx(result.probe_losses, rel=1e-5)
     with safe_open(str(out / "adapter.safetensors"), framework="pt") as a, \
             safe_open(str(interrupted / "adapter.safetensors"), framework="pt") as b:
-        for key in a.keys():
+        for key in a.keys():  # noqa: SIM118 (safe_open is not a dict)
             torch.testing.assert_close(b.get_tensor(key), a.get_tensor(key), rtol=1e-5, atol=1e-6)
 
 

@@ -17,7 +17,7 @@ from services.train.flow_matching import (
     timesteps_for,
     velocity_target,
 )
-from services.train.pairs import PairSet, PairsError, load_pairs, save_pairs
+from services.train.pairs import PairsError, PairSet, load_pairs, save_pairs
 from services.train.teacher import TeacherError, blend, find_clips
 from shared.flow import backward_flow, backward_warp
 from tests.conftest import real_frames
@@ -73,7 +73,7 @@ def test_teacher_blend_warps_the_previous_target_and_restarts_at_a_cut():
         return warped, 0.85 * decoded[t].astype(np.float32) + 0.15 * warped
 
     warped1, target1 = step(decoded[0].astype(np.float32), 1)
-    warped2, target2 = step(target1, 2)  # the float target, not its rounded copy, carries on
+    _, target2 = step(target1, 2)  # the float target, not its rounded copy, carries on
     np.testing.assert_array_equal(pairs.conds[0], np.clip(np.rint(warped1), 0, 255).astype(np.uint8))
     np.testing.assert_array_equal(pairs.targets[1], np.clip(np.rint(target2), 0, 255).astype(np.uint8))
     warped5, _ = step(decoded[4].astype(np.float32), 5)  # after the cut: the new shot's decoded frame

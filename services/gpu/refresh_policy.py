@@ -63,7 +63,7 @@ class RefreshPolicy:
         self.motion_threshold = motion_threshold
 
     @classmethod
-    def from_config(cls, config) -> "RefreshPolicy":
+    def from_config(cls, config) -> RefreshPolicy:
         return cls(config.cond_refresh, config.refresh_on_scene_cut, config.refresh_on_motion, config.refresh_motion_threshold)
 
     def decide(self, st: StreamState, frames: np.ndarray) -> str | None:

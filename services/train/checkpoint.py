@@ -90,7 +90,7 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, params: dict[st
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        saved = {k: f.get_tensor(k) for k in f.keys()}
+        saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         kind = (f.metadata() or {}).get("optimizer")
     if kind != type(optimizer).__name__:
         raise CheckpointError(f"{path} holds {kind} state, this run uses {type(optimizer).__name__}")

@@ -51,7 +51,7 @@ class PairSet:
         return self.inputs.shape[1]
 
     @classmethod
-    def concat(cls, sets: list["PairSet"]) -> "PairSet":
+    def concat(cls, sets: list[PairSet]) -> PairSet:
         if not sets:
             raise PairsError("no teacher pairs to train on")
         sizes = {s.size for s in sets}

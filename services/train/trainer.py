@@ -43,7 +43,13 @@ from .checkpoint import (
     read_state,
     save_checkpoint,
 )
-from .flow_matching import noisy_latents, sample_sigmas, shift_mu, timesteps_for, velocity_target
+from .flow_matching import (
+    noisy_latents,
+    sample_sigmas,
+    shift_mu,
+    timesteps_for,
+    velocity_target,
+)
 from .pairs import PairSet
 from .plot import write_loss_plot
 
