@@ -127,3 +127,38 @@ def test_resume_refuses_other_settings_and_fresh_runs_refuse_old_checkpoints(tra
     with pytest.raises(TrainError, match="no checkpoint under"):
         AdapterTrainer(tiny_bundle, pairs, PROMPT, TrainConfig(steps=2, **CONFIG), tmp_path / "empty",
                        progress=False).train(resume=True)
+
+
+def test_accumulation_averages_micro_batches_and_clipping_bounds_the_norm(tiny_bundle, pairs, tmp_path):
+    config = TrainConfig(steps=2, batch=1, accum=2, grad_clip=1e9, **{k: v for k, v in CONFIG.items() if k != "batch"})
+    trainer = AdapterTrainer(tiny_bundle, pairs, PROMPT, config, tmp_path, progress=False)
+    trainer.prepare()
+    params = list(trainer.adapter.parameters())
+    seen = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: seen.append([p.grad.clone() for p in params]) or step()
+    trainer.adapter.attach("training")
+    try:
+        micro_losses, micro_grads = [], []
+        for micro in (0, 1):
+            trainer.adapter.zero_grad(set_to_none=True)
+            loss = trainer.micro_batch_loss(0, micro)
+            loss.backward()
+            micro_losses.append(float(loss.detach()))
+            micro_grads.append([p.grad.clone() for p in params])
+        trainer.adapter.zero_grad(set_to_none=True)
+        loss, norm = trainer.optimizer_step(0)
+        trainer.config.grad_clip = 1e-4
+        _, clipped_norm = trainer.optimizer_step(1)
+    finally:
+        trainer.adapter.detach()
+    assert loss == pytest.approx(np.mean(micro_losses), rel=1e-6)
+    for got, a, b in zip(seen[0], *micro_grads):
+        torch.testing.assert_close(got, (a + b) / 2, rtol=1e-5, atol=1e-8)
+    assert norm == pytest.approx(_total_norm(seen[0]), rel=1e-5)
+    assert clipped_norm > 1e-4  # the norm before clipping is reported; the step used the clipped gradient
+    assert _total_norm(seen[1]) == pytest.approx(1e-4, rel=1e-3)
+
+
+def _total_norm(grads: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
