@@ -35,6 +35,7 @@ from .graphs import CapturedCall
 from .lllite import TemporalLLLite
 from .profiles import ModelBundle
 from .prompt_encoder import EditPromptEncoder
+from .refresh_policy import RefreshPolicy
 from .streams import StreamState, frame_noise
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class EngineConfig:
     adapter_weights: str | None = None  # kohya-style safetensors; None = zero-initialised adapter
     multiplier: float = 1.0
     cond_refresh: int = 8  # rebuild the adapter conditioning every N batches of a stream
+    refresh_on_scene_cut: bool = False  # also refresh at a cut in the inputs and the batch after (refresh_policy)
+    refresh_on_motion: bool = False  # also refresh early once the inputs drift past the threshold below
+    refresh_motion_threshold: float = 20.0  # mean |Δ| of 32×32 gray thumbnails since the last refresh, 0-255
     te_mode: str = "per_frame"  # per_frame (exact) / batch_one / refresh_every (approximations, opt-in)
     te_refresh: int = 4  # N for te_mode=refresh_every
     encoder_size: int = 256  # the frame goes to the text encoder at this size
@@ -81,6 +85,8 @@ class EngineConfig:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
         if self.cond_refresh < 1 or self.te_refresh < 1:
             raise EngineError("cond_refresh and te_refresh must be ≥ 1")
+        if self.refresh_on_motion and self.refresh_motion_threshold <= 0:
+            raise EngineError(f"refresh_motion_threshold {self.refresh_motion_threshold} must be > 0 (gray levels)")
         if any(b < 1 or b > self.batch for b in self.buckets):
             raise EngineError(f"buckets {self.buckets} must lie in 1..batch ({self.batch})")
 
@@ -132,6 +138,7 @@ class StreamEngine:
         if self.cuda and config.compile != "none":
             self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
         self.streams: dict[str, StreamState] = {}
+        self.refresh_policy = RefreshPolicy.from_config(config)
         self._own_flows = flow_provider is None
         self.flows = FlowPool(config.flow_workers) if flow_provider is None else flow_provider
         self._graphs: dict[tuple, CapturedCall] = {}
@@ -198,12 +205,11 @@ class StreamEngine:
                 st = self._stream(name)
                 start = len(rows)
                 rows += [(st, st.next_index + i) for i in range(len(frames))]
-                refresh = self.adapter is not None and st.refresh_due(cfg.cond_refresh)
+                refresh = self.adapter is not None and self.refresh_policy.decide(st, frames) is not None
                 flow = self.flows.submit(st.last_input, frames, refs=(refs or {}).get(name)) if refresh else None
                 segments.append((st, start, len(rows), refresh, flow))
                 st.next_index += len(frames)
                 st.batches += 1
-                st.force_refresh = False if refresh else st.force_refresh
                 st.last_input = frames[-1].copy()
                 arrays.append(frames)
             bucket = next(b for b in self.buckets if b >= total)

@@ -47,6 +47,8 @@ class StreamState:
     te_cache_prompt: str | None = None
     te_age: int = 0
     force_refresh: bool = False  # set by scene-cut detection or an operator
+    refresh_probe: object | None = None  # the refresh policy's per-stream trigger state (refresh_policy.RefreshProbe)
+    refresh_reasons: dict[str, int] = field(default_factory=dict)  # conditioning refreshes decided, by reason
     stats: dict = field(default_factory=lambda: {"frames": 0, "batches": 0})
 
     def refresh_due(self, every: int) -> bool:
