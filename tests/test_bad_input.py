@@ -3,7 +3,6 @@ is merely unusual, is styled like any other), and nothing else stops. Rows go to
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -17,6 +17,7 @@ from tests.conftest import real_frames
 from tests.support.service import (
     REPO,
     decode_video,
+    frames_written,
     leftover_segments,
     processes_using,
     service_env,

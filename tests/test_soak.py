@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from tests.support.rtsp_server import RtspServer, gstreamer_missing_reason
 from tests.support.soak import SoakProbe, long_clip
