@@ -69,10 +69,12 @@ class SupervisorControl:
         def check():
             if self.sup.failure:
                 return ReadyInfo(ready=False, reason=self.sup.failure)
-            gpu = self.sup.children.get("gpu")
-            if self.sup.gpu_ready and gpu is not None:
-                return ReadyInfo(ready=True, reason=f"gpu worker ready ({parse_detail(gpu.detail).get('device', '?')})")
-            return ReadyInfo(ready=False, reason=f"gpu worker: {gpu.state if gpu else 'not started'} (loading models)")
+            workers = [c for c in self.sup.children.values() if c.module == "services.gpu"]
+            devices = ", ".join(parse_detail(c.detail).get("device", "?") for c in workers)
+            if self.sup.gpu_ready:
+                return ReadyInfo(ready=True, reason=f"{len(workers)} GPU worker(s) ready ({devices})")
+            waiting = [c.name for c in workers if c.worker not in self.sup.ready_workers]
+            return ReadyInfo(ready=False, reason=f"gpu worker: loading models ({', '.join(waiting) or 'not started'})")
 
         return self._call(check)
 
@@ -153,18 +155,25 @@ class SupervisorControl:
         egress = parse_detail(self._detail(f"egress-{name}"))
         ingest = parse_detail(self._detail(f"ingest-{name}"))
         written = int(egress.get("written", 0))
-        gpu = self.sup.children.get("gpu")
+        gpu = next((c for c in self.sup.children.values() if c.module == "services.gpu" and c.worker == rec.worker), None)
         live = cfg.live if cfg.live is not None else cfg.kind != "file"
         return StreamInfo(
             name=name, source=cfg.source, kind=cfg.kind, prompt=cfg.prompt, prompt_version=rec.prompt_version,
             state=rec.state, reason=rec.reason, live=live,
             sinks=[self._sink(s, egress) for s in cfg.sinks],
-            gpu=parse_detail(gpu.detail).get("device") if gpu else None,
+            gpu=self._device_label(gpu),
             counters=FrameCounters(frames_in=int(ingest.get("read", 0)), frames_out=written, dropped=dict(rec.dropped)),
             fps=self._fps(name, written),
             latency_ms=LatencyPercentiles(p50=_float(egress.get("p50_ms")), p95=_float(egress.get("p95_ms"))),
             started_at=datetime.fromtimestamp(rec.started_at, timezone.utc),
         )
+
+    def _device_label(self, gpu) -> str | None:
+        """'cuda:1'; with several workers on one device (CPU tests) the worker is named too."""
+        if gpu is None:
+            return None
+        device = parse_detail(gpu.detail).get("device")
+        return f"{device} ({gpu.name})" if self.sup.workers > 1 and device == "cpu" else device
 
     def _detail(self, child_name: str) -> str:
         child = self.sup.children.get(child_name)

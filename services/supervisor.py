@@ -32,6 +32,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from shared import sharding
 from shared.bus import Bus, wait_readable
 from shared.metrics import get_metrics, init_metrics_dir
 from shared.process import EXIT_FAILED_STREAM, write_run_settings
@@ -76,6 +77,7 @@ class Child:
     module: str
     args: list[str]
     stream: str | None = None
+    worker: int = 0  # the GPU worker this process belongs to or feeds
     popen: subprocess.Popen | None = None
     log_path: Path | None = None
     restarts: int = 0
@@ -102,6 +104,7 @@ class StreamRecord:
     state: StreamStatus = StreamStatus.STARTING
     reason: str = ""
     prompt_version: int = 1  # the API's count: 1 for the first prompt
+    worker: int = 0  # the GPU worker serving it
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)
     rings: list[Ring] = dataclasses.field(default_factory=list)
     started_at: float = dataclasses.field(default_factory=time.time)
@@ -115,7 +118,8 @@ class Supervisor:
         self.streams: dict[str, StreamRecord] = {}
         self.stop_requested = threading.Event()
         self.failure: str | None = None
-        self.gpu_ready = False
+        self.workers = gpu_workers(settings)
+        self.ready_workers: set[int] = set()
         self._calls: queue.Queue = queue.Queue()
         self._request_ids = itertools.count()
         self._acks: dict[str, Ack] = {}
@@ -144,8 +148,15 @@ class Supervisor:
         self.heartbeats = self.bus.socket("PULL", "heartbeat", bind=True)
         self.events = self.bus.socket("PULL", "drops", bind=True)
         self._thread_id = threading.get_ident()
-        self._spawn(Child("flow", "services.flow", []))
-        self._spawn(Child("gpu", "services.gpu", []))
+        for k in range(self.workers):
+            self._spawn(Child(_indexed("flow", k), "services.flow", ["--worker", str(k)], worker=k))
+            self._spawn(Child(_indexed("gpu", k), "services.gpu", ["--worker", str(k)], worker=k))
+        log.info("%d GPU worker(s)", self.workers)
+
+    @property
+    def gpu_ready(self) -> bool:
+        """Every GPU worker has its models loaded."""
+        return len(self.ready_workers) == self.workers
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block (serving the loop) until the GPU worker has its models; raises if it cannot start."""
@@ -160,20 +171,36 @@ class Supervisor:
             self.step(0.1)
 
     def add_configured_streams(self) -> None:
-        """Add the streams of the settings file; one that cannot start is marked failed, the others go on."""
+        """Add the streams of the settings file this replica owns; one that cannot start is marked failed,
+        the others go on."""
         from services.ingest.errors import SourceError
 
+        shard = self.shard()
         for cfg in self._streams_cfg:
+            if not shard.owns(cfg.name):
+                log.info("stream %s belongs to replica %d of %d", cfg.name, sharding.owner(cfg.name, shard.replicas),
+                         shard.replicas)
+                continue
             try:
                 self.add_stream(cfg)
             except (SourceError, SupervisorError) as exc:
                 log.error("stream %s cannot start: %s", cfg.name, exc)
                 self.streams[cfg.name] = StreamRecord(cfg, 0.0, None, state=StreamStatus.FAILED, reason=str(exc))
 
+    def shard(self) -> "sharding.Shard":
+        """This replica's share of the configured streams (sharding settings, else the pod name)."""
+        cfg = self.settings.sharding
+        if cfg.ordinal is not None or cfg.replicas > 1:
+            ordinal = cfg.ordinal if cfg.ordinal is not None else sharding.shard_from_env({
+                "STYLECAST_POD_NAME": os.environ.get("STYLECAST_POD_NAME", "stylecast-0"),
+                "STYLECAST_REPLICAS": str(cfg.replicas)}).ordinal
+            return sharding.Shard(ordinal=ordinal, replicas=cfg.replicas)
+        return sharding.shard_from_env()
+
     # ---- children ----------------------------------------------------------------------------------------
 
     def _spawn(self, child: Child) -> None:
-        env = {**os.environ, **self.run.env(), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.run.env(), "PYTHONUNBUFFERED": "1", "STYLECAST_GPU_WORKERS": str(self.workers)}
         child.log_path = self.log_dir / f"{child.name}.log"
         logf = open(child.log_path, "ab")
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then drains in order.
@@ -243,8 +270,8 @@ class Supervisor:
                 child.restarts += 1
                 self.metrics.process_restarts.labels(child.name).inc()
                 self._spawn(child)
-                if child.name == "gpu":
-                    self.gpu_ready = False
+                if child.module == "services.gpu":
+                    self.ready_workers.discard(child.worker)
 
     def _child_done(self, child: Child) -> None:
         rec = self.streams.get(child.stream)
@@ -297,8 +324,8 @@ class Supervisor:
             if child is not None and child.pid == msg.pid:
                 child.last_heartbeat = time.monotonic()
                 child.state, child.detail = str(msg.state), msg.detail
-                if child.name == "gpu" and msg.state == ProcessState.READY and not self.gpu_ready:
-                    self._gpu_became_ready()
+                if child.module == "services.gpu" and msg.state == ProcessState.READY and child.worker not in self.ready_workers:
+                    self._gpu_became_ready(child.worker)
         elif isinstance(msg, Ack):
             if msg.request_id:
                 self._acks[msg.request_id] = msg
@@ -316,12 +343,20 @@ class Supervisor:
             if rec is not None:
                 rec.reason = msg.message
 
-    def _gpu_became_ready(self) -> None:
-        self.gpu_ready = True
-        # A restarted worker knows no streams: tell it about the live ones again.
+    def _gpu_became_ready(self, worker: int) -> None:
+        self.ready_workers.add(worker)
+        # A restarted worker knows no streams: tell it about its live ones again.
+        for rec in self.streams.values():
+            if rec.worker == worker and rec.state not in (StreamStatus.FAILED, StreamStatus.STOPPED):
+                self._request(_indexed("gpu", worker), AddStream(request_id=self._rid(), stream=rec.cfg), wait=False)
+
+    def _pick_worker(self) -> int:
+        """The GPU worker with the fewest active streams (ties: the lowest index)."""
+        load = [0] * self.workers
         for rec in self.streams.values():
             if rec.state not in (StreamStatus.FAILED, StreamStatus.STOPPED):
-                self._request("gpu", AddStream(request_id=self._rid(), stream=rec.cfg), wait=False)
+                load[rec.worker] += 1
+        return min(range(self.workers), key=lambda k: (load[k], k))
 
     def _rid(self) -> str:
         return f"r{next(self._request_ids)}"
@@ -371,7 +406,8 @@ class Supervisor:
         # worker can redo them), the next batch filling, and the flow source kept one batch longer.
         slots = max(svc.ring_slots, 5 * self.settings.engine.batch + 2)
         run = self.run.run_id
-        rec = StreamRecord(cfg, fps, count)
+        rec = StreamRecord(cfg, fps, count, worker=self._pick_worker())
+        gpu = _indexed("gpu", rec.worker)
         rec.rings = [
             Ring.create(run, cfg.name, "in", slots=slots, shape=(s, s, 3), dtype="u1"),
             Ring.create(run, cfg.name, "out", slots=slots, shape=(s, s, 3), dtype="u1"),
@@ -381,16 +417,19 @@ class Supervisor:
         self.settings = self.settings.model_copy(update={"streams": [r.cfg for r in self.streams.values()]})
         write_run_settings(self.run, self.settings)
         try:
-            self._request("gpu", AddStream(request_id=self._rid(), stream=cfg))
-            egress = Child(f"egress-{cfg.name}", "services.egress", ["--stream", cfg.name, "--fps", f"{fps:.6f}"], stream=cfg.name)
+            self._request(gpu, AddStream(request_id=self._rid(), stream=cfg))
+            worker_arg = ["--worker", str(rec.worker)]
+            egress = Child(f"egress-{cfg.name}", "services.egress", ["--stream", cfg.name, "--fps", f"{fps:.6f}", *worker_arg],
+                           stream=cfg.name, worker=rec.worker)
             self._spawn(egress)
             self._wait_child_state(egress.name, "ready", 60)
-            self._spawn(Child(f"ingest-{cfg.name}", "services.ingest", ["--stream", cfg.name], stream=cfg.name))
+            self._spawn(Child(f"ingest-{cfg.name}", "services.ingest", ["--stream", cfg.name, *worker_arg], stream=cfg.name,
+                              worker=rec.worker))
         except SupervisorError:
             self._drop_stream(cfg.name)
             raise
         rec.state = StreamStatus.STARTING
-        log.info("stream %s added: %s, %.3g fps", cfg.name, redact_url(cfg.source.reveal()), fps)
+        log.info("stream %s added: %s, %.3g fps, on %s", cfg.name, redact_url(cfg.source.reveal()), fps, gpu)
         return rec
 
     def remove_stream(self, name: str) -> None:
@@ -400,9 +439,10 @@ class Supervisor:
             child = self.children.get(f"{prefix}-{name}")
             if child is not None:
                 self._stop_child(child)
-        if self.gpu_ready:
+        worker = self.streams[name].worker
+        if worker in self.ready_workers:
             try:
-                self._request("gpu", RemoveStream(request_id=self._rid(), stream=name))
+                self._request(_indexed("gpu", worker), RemoveStream(request_id=self._rid(), stream=name))
             except SupervisorError as exc:  # the worker forgets it anyway when it restarts
                 log.warning("%s", exc)
         self._drop_stream(name)
@@ -417,7 +457,7 @@ class Supervisor:
 
     def set_prompt(self, name: str, prompt: str) -> StreamRecord:
         rec = self.streams[name]
-        self._request("gpu", SetPrompt(request_id=self._rid(), stream=name, prompt=prompt))
+        self._request(_indexed("gpu", rec.worker), SetPrompt(request_id=self._rid(), stream=name, prompt=prompt))
         rec.cfg = rec.cfg.model_copy(update={"prompt": prompt})
         rec.prompt_version += 1
         return rec
@@ -440,12 +480,17 @@ class Supervisor:
         try:
             for child in [c for c in self.children.values() if c.module == "services.ingest"]:
                 self._stop_child(child)
-            gpu = self.children.get("gpu")
-            if gpu is not None and gpu.alive() and self.gpu_ready:
+            draining = False
+            for k in sorted(self.ready_workers):
+                gpu = self.children.get(_indexed("gpu", k))
+                if gpu is None or not gpu.alive():
+                    continue
                 try:
-                    self._request("gpu", Stop(request_id=self._rid(), drain=True, reason="shutdown"), timeout_s=10)
+                    self._request(gpu.name, Stop(request_id=self._rid(), drain=True, reason="shutdown"), timeout_s=10)
+                    draining = True
                 except SupervisorError as exc:
                     log.warning("drain request: %s", exc)
+            if draining:
                 deadline = time.monotonic() + drain_timeout_s
                 while any(c.alive() for c in self.children.values() if c.module == "services.egress"):
                     if time.monotonic() > deadline:
@@ -469,8 +514,29 @@ class Supervisor:
 
     def summary_streams(self) -> dict[str, dict]:
         return {name: {"state": str(r.state), "reason": r.reason, "dropped": dict(r.dropped), "fps": r.fps,
-                       "frame_count": r.frame_count, "prompt_version": r.prompt_version}
+                       "frame_count": r.frame_count, "prompt_version": r.prompt_version, "gpu_worker": r.worker}
                 for name, r in self.streams.items()}
+
+
+def _indexed(name: str, worker: int) -> str:
+    """Process name of a per-GPU-worker process: 'gpu', 'gpu-1', …; 'flow', 'flow-1', …"""
+    return name if worker == 0 else f"{name}-{worker}"
+
+
+def gpu_workers(settings: Settings) -> int:
+    """How many GPU workers this node runs: one on the CPU, else `model.gpus` (0: one per visible GPU)."""
+    if settings.model.device == "cpu":
+        return settings.model.gpus or 1  # several CPU workers: the same plumbing, testable without GPUs
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = len([d for d in visible.split(",") if d.strip()]) if visible is not None else len(
+        [p for p in Path("/dev").glob("nvidia[0-9]*")])
+    if count == 0 and settings.model.device == "auto":
+        return 1  # no GPU: the one worker runs on the CPU
+    if settings.model.gpus == 0:
+        return max(1, count)
+    if settings.model.gpus > 1 and settings.model.gpus > count:
+        raise SupervisorError(f"model.gpus is {settings.model.gpus}, but this node has {count} visible CUDA GPU(s)")
+    return settings.model.gpus
 
 
 def serve_forever(supervisor: Supervisor) -> None:

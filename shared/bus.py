@@ -64,13 +64,19 @@ def ensure_runtime_dir(path: str | os.PathLike[str]) -> Path:
     return ensure_private_dir(path)
 
 
-def endpoint(name: str, service: ServiceSettings, run: Run) -> str:
-    """The address of a well-known endpoint for this run and transport."""
+def endpoint(name: str, service: ServiceSettings, run: Run, worker: int = 0) -> str:
+    """The address of a well-known endpoint for this run and transport.
+
+    `worker` selects the copy of a per-GPU-worker endpoint (frames, styled, flow_*): worker 0 keeps the
+    plain name, worker k gets `<name>-k` (ipc) or its own block of ports (tcp).
+    """
     if name not in ENDPOINTS:
         raise BusError(f"unknown bus endpoint {name!r}; known: {', '.join(ENDPOINTS)}")
+    if worker < 0:
+        raise BusError(f"worker index {worker} is negative")
     if service.bus_transport == "tcp":
-        return f"tcp://{service.bus_tcp_host}:{service.bus_tcp_base_port + ENDPOINTS.index(name)}"
-    path = run.dir / f"{name}.sock"
+        return f"tcp://{service.bus_tcp_host}:{service.bus_tcp_base_port + worker * len(ENDPOINTS) + ENDPOINTS.index(name)}"
+    path = run.dir / (f"{name}.sock" if worker == 0 else f"{name}-{worker}.sock")
     if len(os.fsencode(path)) > _UNIX_PATH_MAX:
         raise BusError(
             f"ipc socket path {path} is longer than {_UNIX_PATH_MAX} bytes; choose a shorter service.runtime_dir"
@@ -202,6 +208,7 @@ class Bus:
         bind: bool,
         subscribe: Iterable[str] = ("",),
         identity: bytes | None = None,
+        worker: int = 0,
     ) -> Channel:
         """A configured socket of `kind` (PUSH, PULL, PUB, SUB, ROUTER, DEALER) bound or connected to `name`.
 
@@ -209,7 +216,7 @@ class Bus:
         """
         if kind not in SOCKET_KINDS:
             raise BusError(f"unknown socket kind {kind!r}; use one of {', '.join(SOCKET_KINDS)}")
-        address = endpoint(name, self.service, self.run)
+        address = endpoint(name, self.service, self.run, worker)
         sock = self.context.socket(SOCKET_KINDS[kind])
         svc = self.service
         try:

@@ -242,6 +242,11 @@ class ModelSettings(_Section):
         "The engine captures its own CUDA graphs per batch bucket, so no cudagraph mode is offered.",
     )
     cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
+    gpus: int = Field(
+        1, ge=0, le=64,
+        description="GPU workers on this node, one per GPU (cuda:0, cuda:1, ...); 0 = one per visible CUDA GPU. "
+        "Streams are balanced across them. With device 'cpu', that many CPU workers (for testing the plumbing).",
+    )
 
     @field_validator("profile")
     @classmethod
@@ -575,6 +580,21 @@ class ServiceSettings(_Section):
         return self
 
 
+class ShardingSettings(_Section):
+    """Spreading configured streams over replicas (e.g. pods of a StatefulSet) without a coordinator."""
+
+    replicas: int = Field(1, ge=1, le=4096, description="Replicas sharing the configured streams (rendezvous hashing by name).")
+    ordinal: int | None = Field(
+        None, ge=0, description="This replica's index; default: the suffix of STYLECAST_POD_NAME (e.g. stylecast-3 → 3), else 0.",
+    )
+
+    @model_validator(mode="after")
+    def _check_ordinal(self) -> "ShardingSettings":
+        if self.ordinal is not None and self.ordinal >= self.replicas:
+            raise FieldProblem(("ordinal",), f"{self.ordinal} is not below replicas ({self.replicas})")
+        return self
+
+
 class Settings(_Section):
     """The whole StyleCast configuration."""
 
@@ -583,6 +603,7 @@ class Settings(_Section):
     streams: list[StreamSettings] = Field(default_factory=list, description="Streams to run at start.")
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="Source opening and reconnection.")
     service: ServiceSettings = Field(default_factory=ServiceSettings, description="API, runtime directory, bus, rings, supervision.")
+    sharding: ShardingSettings = Field(default_factory=ShardingSettings, description="Spreading streams over replicas.")
 
     @model_validator(mode="after")
     def _check_cross_section(self) -> Settings:

@@ -28,13 +28,13 @@ log = logging.getLogger("stylecast.egress")
 
 
 class Egress:
-    def __init__(self, proc: ChildProcess, stream: str, fps: float):
+    def __init__(self, proc: ChildProcess, stream: str, fps: float, worker: int = 0):
         self.proc = proc
         self.name = stream
         self.cfg = proc.settings.stream(stream)
         size = proc.settings.engine.size
         self.ring = Ring.attach(proc.run.run_id, stream, "out", shape=(size, size, 3), dtype="u1")
-        self.styled = proc.bus.socket("SUB", "styled", bind=False, subscribe=(stream,))
+        self.styled = proc.bus.socket("SUB", "styled", bind=False, subscribe=(stream,), worker=worker)
         rate = Fraction(fps).limit_denominator(1001)
         self.sinks = [open_sink(s.type, s.target.reveal() if s.target else "127.0.0.1:0", size=size, fps=rate)
                       for s in self.cfg.sinks]
@@ -142,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.egress", description=__doc__.splitlines()[0])
     parser.add_argument("--stream", required=True)
     parser.add_argument("--fps", type=float, required=True)
+    parser.add_argument("--worker", type=int, default=0, help="the GPU worker serving this stream")
     args = parser.parse_args(argv)
     with ChildProcess(f"egress-{args.stream}") as proc:
         try:
-            egress = Egress(proc, args.stream, args.fps)
+            egress = Egress(proc, args.stream, args.fps, args.worker)
         except SinkError as exc:
             proc.error("sink_failed", str(exc), stream=args.stream)
             proc.stream_state(args.stream, StreamStatus.FAILED, str(exc))

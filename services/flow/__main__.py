@@ -24,11 +24,11 @@ log = logging.getLogger("stylecast.flow")
 
 
 class FlowService:
-    def __init__(self, proc: ChildProcess, workers: int):
+    def __init__(self, proc: ChildProcess, workers: int, gpu_worker: int = 0):
         self.proc = proc
         self.size = proc.settings.engine.size
-        self.requests = proc.bus.socket("PULL", "flow_requests", bind=False)
-        self.ready = proc.bus.socket("PUSH", "flow_ready", bind=False)
+        self.requests = proc.bus.socket("PULL", "flow_requests", bind=False, worker=gpu_worker)
+        self.ready = proc.bus.socket("PUSH", "flow_ready", bind=False, worker=gpu_worker)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="farneback")
 
     def _ring(self, stream: str, kind: str) -> Ring:
@@ -67,10 +67,11 @@ class FlowService:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.flow", description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=8, help="Farnebäck threads")
+    parser.add_argument("--worker", type=int, default=0, help="the GPU worker this flow process serves")
     args = parser.parse_args(argv)
-    with ChildProcess("flow") as proc:
-        return FlowService(proc, args.workers).run()
+    with ChildProcess("flow" if args.worker == 0 else f"flow-{args.worker}") as proc:
+        return FlowService(proc, args.workers, args.worker).run()
 
 
 if __name__ == "__main__":

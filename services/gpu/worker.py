@@ -69,10 +69,11 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
 class FlowClient:
     """The engine's flow provider in the service: asks the flow process, reads answers from the flow ring."""
 
-    def __init__(self, proc: ChildProcess, size: int):
+    def __init__(self, proc: ChildProcess, size: int, worker: int = 0):
         self.proc = proc
         self.size = size
-        self.requests = proc.bus.socket("PUSH", "flow_requests", bind=True)
+        self.worker = worker
+        self.requests = proc.bus.socket("PUSH", "flow_requests", bind=True, worker=worker)
         self._pending: dict[tuple[str, int], tuple[Future, int, float]] = {}  # → (future, source seq, sent at)
         self.timeout_s = FLOW_TIMEOUT_S
         self._lock = threading.Lock()
@@ -112,7 +113,7 @@ class FlowClient:
         return min(seqs) if seqs else None
 
     def _answers(self) -> None:
-        answers = self.proc.bus.socket("PULL", "flow_ready", bind=True)
+        answers = self.proc.bus.socket("PULL", "flow_ready", bind=True, worker=self.worker)
         rings: dict[str, Ring] = {}
         try:
             while not self._done.is_set():
@@ -168,15 +169,23 @@ class BatchMeta:
     versions: dict[str, int]
 
 
+def worker_device(device: str, worker: int, workers: int) -> str:
+    """The device GPU worker `worker` runs on: with several workers, one GPU each (cuda:<worker>)."""
+    if workers == 1 or device == "cpu":
+        return device
+    return f"cuda:{worker}"
+
+
 class GpuWorker:
-    def __init__(self, proc: ChildProcess):
+    def __init__(self, proc: ChildProcess, worker: int = 0):
         self.proc = proc
+        self.worker = worker
         s = proc.settings
         self.size = s.engine.size
         self.batch = s.engine.batch
         self.max_wait = s.engine.max_batch_wait_ms / 1000
-        self.frames = proc.bus.socket("PULL", "frames", bind=True)
-        self.styled = proc.bus.socket("PUB", "styled", bind=True)
+        self.frames = proc.bus.socket("PULL", "frames", bind=True, worker=worker)
+        self.styled = proc.bus.socket("PUB", "styled", bind=True, worker=worker)
         self.control = proc.bus.socket("DEALER", "control", bind=False, identity=proc.name.encode())
         self.streams: dict[str, WorkerStream] = {}
         self.results: queue.Queue = queue.Queue()
@@ -185,9 +194,10 @@ class GpuWorker:
         self.draining = False
         # Test-only fault injection: pretend every batch takes this much longer (a GPU slower than its sources).
         self.fault_delay_s = float(os.environ.get("STYLECAST_FAULT_GPU_DELAY_MS", "0")) / 1000
-        bundle = load_profile(s.model.profile, s.model.device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
+        device = worker_device(s.model.device, worker, int(os.environ.get("STYLECAST_GPU_WORKERS", "1")))
+        bundle = load_profile(s.model.profile, device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
         self.device = str(bundle.device)
-        self.flows = FlowClient(proc, self.size)
+        self.flows = FlowClient(proc, self.size, worker)
         self.engine = StreamEngine(engine_config(s, bundle.device.type == "cuda"), bundle, flow_provider=self.flows)
         self._warm_up()
         log.info("engine ready: %s, %s", bundle.describe(), self.engine.config)

@@ -30,14 +30,14 @@ PERMANENT = (SourceNotFound, NotAVideo, UnsupportedSource, SourceAuthFailed)
 
 
 class Ingest:
-    def __init__(self, proc: ChildProcess, stream: str):
+    def __init__(self, proc: ChildProcess, stream: str, worker: int = 0):
         self.proc = proc
         self.cfg = proc.settings.stream(stream)
         self.name = stream
         s = proc.settings
         self.size = s.engine.size
         self.ring = Ring.attach(proc.run.run_id, stream, "in", shape=(self.size, self.size, 3), dtype="u1")
-        self.frames = proc.bus.socket("PUSH", "frames", bind=False)
+        self.frames = proc.bus.socket("PUSH", "frames", bind=False, worker=worker)
         self.seq = self.ring.written  # a restarted ingest continues the numbering
         self.scene = SceneCutDetector()
         self.corrupt_counted = 0
@@ -134,9 +134,10 @@ class Ingest:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--stream", required=True)
+    parser.add_argument("--worker", type=int, default=0, help="the GPU worker serving this stream")
     args = parser.parse_args(argv)
     with ChildProcess(f"ingest-{args.stream}") as proc:
-        ingest = Ingest(proc, args.stream)
+        ingest = Ingest(proc, args.stream, args.worker)
         try:
             return ingest.run()
         finally:

@@ -1,0 +1,90 @@
+"""Scale-out on one host: aggregate throughput of N streams with one GPU worker against one per GPU.
+
+    python benchmarks/multi_gpu.py --profile synthetic-full --clip CLIP --streams 4 --gpus 2 [--out benchmarks/results]
+
+Both runs use the whole service (`stylecast run`'s pipeline) with the same streams; the figure is
+the sum over streams of frames written divided by the wall time from the first to the last frame
+written (models loaded and warmed up before the clock starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.runner import run_pipeline  # noqa: E402
+from shared.settings import load_settings  # noqa: E402
+
+
+def run(args, gpus: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        streams = [{"name": f"s{i}", "source": args.clip, "prompt": args.prompt,
+                    "sinks": [{"type": "mp4", "target": str(Path(tmp) / f"s{i}.mp4")}]} for i in range(args.streams)]
+        settings = load_settings(None, overrides={
+            "model.profile": args.profile, "model.device": args.device, "model.gpus": gpus,
+            "model.compile_mode": args.compile, "engine.size": args.size, "engine.batch": args.batch, "streams": streams,
+        })
+        summary = run_pipeline(settings, progress=False)
+    return {"gpus": gpus, "fps": summary.fps, "frames_out": summary.frames_out, "frames_in": summary.frames_in,
+            "dropped": summary.dropped, "latency_ms_p50": summary.latency_ms_p50, "latency_ms_p95": summary.latency_ms_p95,
+            "streams": summary.streams}
+
+
+def _in_subprocess(gpus: int) -> dict:
+    """Each configuration runs in a fresh process: a process hosts one supervisor (and one metrics dir)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, *sys.argv, "--only", str(gpus)], capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"the {gpus}-worker run failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="synthetic-full")
+    parser.add_argument("--clip", required=True)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--compile", default="auto", help="model.compile_mode for both runs")
+    parser.add_argument("--prompt", default="make it an oil painting")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--only", type=int, help=argparse.SUPPRESS)  # one configuration, in its own process
+    args = parser.parse_args()
+    if args.only is not None:
+        print("RESULT " + json.dumps(run(args, args.only)))
+        return 0
+    one, many = (_in_subprocess(gpus) for gpus in (1, args.gpus))
+    import torch
+
+    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    record = {
+        "kind": "multi_gpu", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in sys.argv), "card": card, "torch": torch.__version__,
+        "visible_gpus": torch.cuda.device_count(), "profile": args.profile,
+        "note": "random weights: speed only" if args.profile.startswith("synthetic-") else "",
+        "clip": Path(args.clip).name, "streams": args.streams, "size": args.size, "batch": args.batch,
+        "compile": args.compile, "one_worker": one, "workers": many, "speedup": many["fps"] / one["fps"] if one["fps"] else None,
+    }
+    print(json.dumps({k: v for k, v in record.items() if k not in ("one_worker", "workers")}, indent=2))
+    print(f"1 worker {one['fps']:.1f} fps, {args.gpus} workers {many['fps']:.1f} fps: ×{record['speedup']:.2f}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        (Path(args.out) / f"multi_gpu_{args.profile}_{card.replace(' ', '_')}_x{args.gpus}_{stamp}.json").write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
