@@ -29,6 +29,12 @@ class RunSummary:
     wall_fps: float = 0.0  # frames over the whole run, start-up of the stream's processes included
     wall_s: float = 0.0
     stage_means_ms: dict[str, float] = field(default_factory=dict)
+    stream_fps: dict[str, float] = field(default_factory=dict)  # each stream's own steady rate
+
+    @property
+    def aggregate_fps(self) -> float:
+        """Sum of the streams' steady rates: the node's throughput while they run side by side."""
+        return sum(self.stream_fps.values())
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
     streams: dict = field(default_factory=dict)
@@ -60,6 +66,9 @@ def _collect(run_dir: Path, summary: RunSummary) -> None:
             summary.frames_in += data.get("read", 0)
         elif path.name.startswith("summary-egress-"):
             summary.frames_out += data["written"]
+            if data["first_write"] is not None and data["last_write"] > data["first_write"]:
+                name = path.name[len("summary-egress-"):-len(".json")]
+                summary.stream_fps[name] = (data["written"] - 1) / (data["last_write"] - data["first_write"])
             latencies += data["latencies_s"]
             if data["first_write"] is not None:
                 first.append(data["first_write"])
@@ -99,8 +108,10 @@ def run_pipeline(settings: Settings, *, progress: bool = True) -> RunSummary:
         sup.start()
         sup.wait_ready()
         bar.set_description("styling")
+        for cfg in sup._streams_cfg:  # every stream ready before any starts: they begin together
+            sup.add_stream(cfg, probed[cfg.name], start=False)
         for cfg in sup._streams_cfg:
-            sup.add_stream(cfg, probed[cfg.name])
+            sup.start_stream(cfg.name)
         t_start = time.monotonic()
         while not sup.stop_requested.is_set():
             sup.step(0.1)

@@ -395,7 +395,11 @@ class Supervisor:
                          connect_timeout_s=ingest.connect_timeout_s, read_timeout_s=ingest.read_timeout_s) as source:
             return float(source.fps or 30.0), source.frame_count
 
-    def add_stream(self, cfg: StreamSettings, probed: tuple[float, int | None] | None = None) -> StreamRecord:
+    def add_stream(self, cfg: StreamSettings, probed: tuple[float, int | None] | None = None,
+                   start: bool = True) -> StreamRecord:
+        """Probe, create the rings, tell the GPU worker, start egress and (if `start`) ingest.
+
+        `start=False` leaves the source closed until `start_stream`, so several streams can begin together."""
         if cfg.name in self.streams and self.streams[cfg.name].state not in (StreamStatus.STOPPED, StreamStatus.FAILED):
             raise SupervisorError(f"stream {cfg.name!r} already exists")
         if cfg.name in self.streams:
@@ -423,14 +427,20 @@ class Supervisor:
                            stream=cfg.name, worker=rec.worker)
             self._spawn(egress)
             self._wait_child_state(egress.name, "ready", 60)
-            self._spawn(Child(f"ingest-{cfg.name}", "services.ingest", ["--stream", cfg.name, *worker_arg], stream=cfg.name,
-                              worker=rec.worker))
+            if start:
+                self.start_stream(cfg.name)
         except SupervisorError:
             self._drop_stream(cfg.name)
             raise
         rec.state = StreamStatus.STARTING
         log.info("stream %s added: %s, %.3g fps, on %s", cfg.name, redact_url(cfg.source.reveal()), fps, gpu)
         return rec
+
+    def start_stream(self, name: str) -> None:
+        """Start the stream's ingest: its frames begin to flow."""
+        rec = self.streams[name]
+        self._spawn(Child(f"ingest-{name}", "services.ingest", ["--stream", name, "--worker", str(rec.worker)],
+                          stream=name, worker=rec.worker))
 
     def remove_stream(self, name: str) -> None:
         if name not in self.streams:

@@ -72,6 +72,7 @@ def add_h264_stream(container, size: int, fps: float | Fraction, settings: H264S
     codec = stream.codec_context
     if not settings.low_latency:
         codec.thread_type = "AUTO"  # frame threads: throughput for files and HLS; zerolatency keeps slices
+        codec.thread_count = 8  # enough for 512² at the GPU's rate; x264's default (1.5 per core) × streams oversubscribes
     codec.color_primaries = codec.color_trc = codec.colorspace = _AVCOL_BT709
     codec.color_range = _AVCOL_RANGE_MPEG
     return stream

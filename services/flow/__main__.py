@@ -25,6 +25,9 @@ log = logging.getLogger("stylecast.flow")
 
 class FlowService:
     def __init__(self, proc: ChildProcess, workers: int, gpu_worker: int = 0):
+        import cv2
+
+        cv2.setNumThreads(1)  # parallel over frames in our own pool, not inside each Farnebäck call
         self.proc = proc
         self.size = proc.settings.engine.size
         self.requests = proc.bus.socket("PULL", "flow_requests", bind=False, worker=gpu_worker)

@@ -194,7 +194,10 @@ class GpuWorker:
         self.draining = False
         # Test-only fault injection: pretend every batch takes this much longer (a GPU slower than its sources).
         self.fault_delay_s = float(os.environ.get("STYLECAST_FAULT_GPU_DELAY_MS", "0")) / 1000
-        device = worker_device(s.model.device, worker, int(os.environ.get("STYLECAST_GPU_WORKERS", "1")))
+        workers = int(os.environ.get("STYLECAST_GPU_WORKERS", "1"))
+        device = worker_device(s.model.device, worker, workers)
+        if device != "cpu":  # host-side torch work is small: don't let every worker spawn a thread per core
+            torch.set_num_threads(max(1, min(4, (os.cpu_count() or 4) // (4 * workers))))
         bundle = load_profile(s.model.profile, device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
         self.device = str(bundle.device)
         self.flows = FlowClient(proc, self.size, worker)
