@@ -42,13 +42,31 @@ def write_numbered(sink, count: int, start: int = 0) -> None:
 
 
 # -- MP4 ------------------------------------------------------------------------------------
+def test_a_killed_mp4_writer_loses_nothing_it_muxed(tmp_path):
+    """A writer that dies mid-file leaves a readable segment; the next sink on the path keeps it."""
+    path = tmp_path / "out.mp4"
+    first = open_sink("mp4", str(path), size=S, fps=25)
+    write_numbered(first, 40)
+    durable = first.durable_frames
+    assert 0 < durable <= 40  # the encoder holds a few frames back
+    del first  # no close(): as if the process had been killed
+    second = open_sink("mp4", str(path), size=S, fps=25)
+    assert second.salvaged_frames == durable
+    write_numbered(second, 20, start=durable)
+    second.close()
+    assert decoded_numbers(path) == list(range(durable + 20))
+    assert not list(tmp_path.glob("out.mp4.part*"))
+
+
+
 def test_mp4_holds_exactly_the_frames_written_in_order(tmp_path):
     path = tmp_path / "out.mp4"
     with open_sink("mp4", str(path), size=S, fps=30000 / 1001) as sink:
         write_numbered(sink, 45)
-        assert not path.exists()  # only the .partial file until finalised
+        assert not path.exists()  # only the crash-safe segment until finalised
+        assert (tmp_path / "out.mp4.part000.ts").stat().st_size > 0
     assert sink.frames_written == 45
-    assert not (tmp_path / "out.mp4.partial").exists()
+    assert not (tmp_path / "out.mp4.partial").exists() and not list(tmp_path.glob("out.mp4.part*"))
     assert decoded_numbers(path) == list(range(45))
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -132,6 +150,7 @@ def test_failed_write_then_close_is_safe(tmp_path, monkeypatch):
     sink.close()  # releases, does not raise again
     sink.close()
     assert not path.exists() and not (tmp_path / "broken.mp4.partial").exists()
+    assert not list(tmp_path.glob("broken.mp4.part*"))
 
 
 class _MuxFails:

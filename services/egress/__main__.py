@@ -11,6 +11,7 @@ per-stage latencies are recorded here, where a frame's journey ends.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import sys
 import time
@@ -51,12 +52,19 @@ class Egress:
         self.first_write: float | None = None
         self.last_write: float | None = None
         self.preview = " ".join(f"preview={url}" for url in previews)
+        # Ring slots are released only once every file sink has the frame on disk, so a restarted
+        # egress redoes exactly what its predecessor lost (its MP4 segments keep the rest).
+        self.unsettled: collections.deque[tuple[int, int]] = collections.deque()  # (frame number, write index)
         proc.set_state(ProcessState.READY, self.preview)
 
     def _recover(self) -> None:
         """Frames the GPU worker wrote while no egress listened (a restart): their messages are gone, the
-        ring still holds them (unreleased), and their slot headers hold seq and the stage times."""
+        ring still holds them (unreleased), and their slot headers hold seq and the stage times. Frames a
+        killed predecessor put on disk but had not released yet are in its salvaged segments: skipped."""
         ring = self.ring
+        salvaged = min((getattr(sink, "salvaged_frames", None) for sink in self.sinks
+                        if getattr(sink, "salvaged_frames", None) is not None), default=None)
+        skip = max(0, salvaged - ring.released) if salvaged is not None else 0
         for index in range(ring.released, ring.written):
             slot = index % ring.slots
             try:
@@ -64,6 +72,10 @@ class Egress:
             except StaleSlot:
                 continue
             if header is None:
+                continue
+            if skip:
+                skip -= 1
+                ring.release(index + 1)
                 continue
             t_capture, t_ingest, t_start, t_done = header.times
             self._write(Styled(stream=self.name, seq=header.seq, slot=slot, generation=header.generation, batch_id=0,
@@ -95,7 +107,7 @@ class Egress:
         except StaleSlot:
             self.proc.dropped(self.name, msg.seq, "egress", "overwritten")
             return
-        self.ring.release(self.ring.write_index(msg.slot, msg.generation) + 1)
+        self.unsettled.append((self.written, self.ring.write_index(msg.slot, msg.generation)))
         for sink in self.sinks:
             if sink.failed:
                 continue
@@ -110,6 +122,7 @@ class Egress:
         )
         self.proc.metrics.count_frames(self.name, "egress", "processed")
         self.written += 1
+        self._settle()
         self.last_seq = msg.seq
         self.latencies.append(t_done - msg.t_capture)
         for stage, start, end in (("ingest", msg.t_capture, msg.t_ingest), ("queue", msg.t_ingest, msg.t_batch_start),
@@ -125,12 +138,23 @@ class Egress:
             self.proc.detail = (f"{self.preview} written={self.written} p50_ms={np.percentile(recent, 50):.1f} "
                                 f"p95_ms={np.percentile(recent, 95):.1f} prompt_version={msg.prompt_version}")
 
+    def _settle(self, everything: bool = False) -> None:
+        """Release the ring slots of frames every healthy encoded sink has muxed (an encoder holds a few)."""
+        durable = min((sink.durable_frames for sink in self.sinks if hasattr(sink, "durable_frames") and not sink.failed),
+                      default=self.written)
+        last = None
+        while self.unsettled and (everything or self.unsettled[0][0] < durable):
+            last = self.unsettled.popleft()[1]
+        if last is not None:
+            self.ring.release(last + 1)
+
     def _close(self, reason: str) -> None:
         for sink in self.sinks:
             try:
                 sink.close()
             except SinkError as exc:
                 self.proc.error("sink_failed", f"{sink.kind} sink {sink.target}: {exc}", stream=self.name)
+        self._settle(everything=True)
         self.proc.write_summary({"written": self.written, "latencies_s": self.latencies, "first_write": self.first_write,
                                  "last_write": self.last_write, "prompt_versions": self.version_changes,
                                  "stage_means_ms": {k: v / max(self.written, 1) * 1e3 for k, v in self.stage_sums.items()}})

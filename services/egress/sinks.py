@@ -17,6 +17,7 @@ producing a scrambled video. close() finalises, is idempotent, and is safe after
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import os
 from abc import ABC, abstractmethod
 from fractions import Fraction
@@ -100,6 +101,8 @@ class EncodedSink(Sink):
 
     def __init__(self, target: str, size: int, fps: float | Fraction, settings: H264Settings) -> None:
         super().__init__(target, size, fps)
+        self._muxed: set[int] = set()  # frame numbers whose packets went to the output
+        self.durable_frames = 0  # frames 0..n-1 are all in the output (what a crash would keep)
         require_encoder(settings.encoder, self.purpose)
         self._secret_source = str(target)  # only for scrubbing FFmpeg's text of it
         self._container = self._open_container()
@@ -120,9 +123,18 @@ class EncodedSink(Sink):
     def _write(self, frame: np.ndarray) -> None:
         def encode() -> None:
             for packet in self._stream.encode(to_yuv_frame(frame, self.frames_written)):
-                self._container.mux(packet)
+                self._mux(packet)
 
         translated(encode, lambda exc: self._error(exc, "write failed"))
+
+    def _mux(self, packet) -> None:
+        number = packet.pts  # the frame number, in the encoder's 1/fps time base (mux rescales it)
+        self._container.mux(packet)
+        if number is not None:  # packets come in decode order: track the contiguous prefix
+            self._muxed.add(int(number))
+            while self.durable_frames in self._muxed:
+                self._muxed.discard(self.durable_frames)
+                self.durable_frames += 1
 
     def _finalise(self) -> None:
         if self.failed is not None:
@@ -131,7 +143,7 @@ class EncodedSink(Sink):
 
         def drain_and_close() -> None:
             for packet in self._stream.encode(None):  # the encoder's delayed frames
-                self._container.mux(packet)
+                self._mux(packet)
             self._container.close()  # writes the trailer (MP4 index, HLS ENDLIST)
 
         try:
@@ -157,6 +169,16 @@ class EncodedSink(Sink):
 
 
 class Mp4Sink(EncodedSink):
+    """H.264 in an MP4 file that survives a crash of its writer.
+
+    While recording, packets go to MPEG-TS segment files beside the target (`<name>.part000.ts`, …),
+    flushed packet by packet: a killed writer leaves a segment that is readable up to its last packet
+    (an MP4 without its index would be lost whole). `close()` remuxes every segment, without
+    re-encoding, into the MP4 (+faststart) and removes them. A sink opened where a crashed writer's
+    segments lie keeps them and writes its frames into the next segment, so the final file holds both;
+    `salvaged_frames` says how many frames came from the predecessor.
+    """
+
     kind = "mp4"
     purpose = "MP4 output"
 
@@ -165,21 +187,78 @@ class Mp4Sink(EncodedSink):
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
         check_writable_file(self.path)
-        super().__init__(str(self.path), size, fps, settings or H264Settings())
+        self.segments = sorted(self.path.parent.glob(glob_escape(self.path.name) + ".part[0-9][0-9][0-9].ts"))
+        self.salvaged_frames = sum(_count_packets(p) for p in self.segments)
+        if self.segments:
+            log.warning("mp4 sink %s: %d frame(s) in %d segment(s) left by a previous writer are kept",
+                        self.path, self.salvaged_frames, len(self.segments))
+        self.segment_path = self.path.with_name(f"{self.path.name}.part{len(self.segments):03d}.ts")
+        # No B-frames: packets then come in display order, so what a crash leaves is a clean prefix.
+        settings = settings or H264Settings()
+        super().__init__(str(self.path), size, fps, replace(settings, extra={"bf": "0", **settings.extra}))
 
     def _open_container(self):
         try:
-            return av.open(str(self.partial_path), "w", format="mp4", options={"movflags": "+faststart"})
+            return av.open(str(self.segment_path), "w", format="mpegts", options={"flush_packets": "1"})
         except av.error.FFmpegError as exc:
             raise SinkPathError(f"mp4 sink {self.target}: cannot create file ({exc.strerror or exc})") from None
 
     def _on_finalised(self) -> None:
+        segments = [*self.segments, self.segment_path]
+        translated(lambda: _remux_segments(segments, self.partial_path, self.size, self.fps),
+                   lambda exc: self._error(exc, "finalising failed"))
         os.replace(self.partial_path, self.path)
+        for segment in segments:
+            segment.unlink(missing_ok=True)
         super()._on_finalised()
 
     def _abandon(self) -> None:
         super()._abandon()
         self.partial_path.unlink(missing_ok=True)
+        if not self.segments:  # nothing kept from a predecessor: a failed sink leaves nothing behind
+            self.segment_path.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def _count_packets(segment: Path) -> int:
+    try:
+        with av.open(str(segment), format="mpegts") as container:  # named: a short segment defeats probing
+            return sum(1 for packet in container.demux(video=0) if packet.pts is not None)
+    except (av.error.FFmpegError, IndexError):
+        return 0  # nothing readable: an empty segment
+
+
+def _remux_segments(segments: list[Path], target: Path, size: int, fps: Fraction) -> None:
+    """Copy the H.264 packets of consecutive MPEG-TS segments into one MP4, each segment's timestamps
+    continuing where the previous one's ended. No packets at all still gives a valid, empty MP4."""
+    with av.open(str(target), "w", format="mp4", options={"movflags": "+faststart"}) as output:
+        out_stream, offset = None, 0
+        for segment in segments:
+            if _count_packets(segment) == 0:
+                continue
+            with av.open(str(segment), format="mpegts") as source:
+                if not source.streams.video:
+                    continue
+                in_stream = source.streams.video[0]
+                if out_stream is None:
+                    out_stream = output.add_stream_from_template(in_stream)
+                first, end = None, offset
+                for packet in source.demux(in_stream):
+                    if packet.pts is None:
+                        continue
+                    if first is None:
+                        first = packet.dts if packet.dts is not None else packet.pts
+                    packet.pts = packet.pts - first + offset
+                    packet.dts = None if packet.dts is None else packet.dts - first + offset
+                    end = max(end, packet.pts + (packet.duration or 0))
+                    packet.stream = out_stream
+                    output.mux(packet)
+                offset = end
+        if out_stream is None:
+            add_h264_stream(output, size, fps, H264Settings())
 
 
 class RtspSink(EncodedSink):
