@@ -945,7 +945,7 @@ def settings_reference() -> str:
             out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
         out.append("")
 
-    for section in ("model", "engine", "ingest", "service"):
+    for section in ("model", "engine", "ingest", "service", "sharding"):
         field = Settings.model_fields[section]
         table(f"`{section}`: {field.description}", _unwrap(field.annotation), f"{section}.", (section,))
     table("`streams[]`: one stream each", StreamSettings, "streams.N.", ("streams", "N"))

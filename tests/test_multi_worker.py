@@ -39,3 +39,21 @@ def test_more_gpus_than_the_node_has_is_refused():
     settings = load_settings(None, env={}, overrides={"model.device": "cuda", "model.gpus": 64})
     with pytest.raises(SupervisorError, match="model.gpus is 64"):
         gpu_workers(settings)
+
+
+def test_replicas_split_the_configured_streams_by_name(monkeypatch):
+    from services.supervisor import Supervisor
+    from shared import sharding
+    from shared.settings import load_settings
+
+    names = [f"cam{i}" for i in range(12)]
+    owned = []
+    for ordinal in range(3):
+        monkeypatch.setenv("STYLECAST_POD_NAME", f"stylecast-{ordinal}")
+        settings = load_settings(None, env={}, overrides={"sharding.replicas": 3})
+        shard = Supervisor(settings).shard()
+        assert shard.ordinal == ordinal and shard.replicas == 3
+        owned.append({n for n in names if shard.owns(n)})
+    assert set().union(*owned) == set(names)  # every stream has a replica ...
+    assert sum(len(o) for o in owned) == len(names)  # ... exactly one
+    assert all(o == {n for n in names if sharding.owner(n, 3) == k} for k, o in enumerate(owned))
