@@ -377,12 +377,7 @@ class StreamEngine:
         side = job.side
         if self.cuda:
             side["done"].synchronize()
-            se, me = side["events"], side["main_events"]
-            job.timings.update(
-                vae_encode_ms=se[0].elapsed_time(se[1]), text_encoder_ms=se[1].elapsed_time(se[2]),
-                side_ms=se[0].elapsed_time(se[2]), refresh_ms=me[0].elapsed_time(me[1]),
-                unet_ms=me[1].elapsed_time(me[2]), decode_ms=me[2].elapsed_time(me[3]), main_ms=me[0].elapsed_time(me[3]),
-            )
+        job.timings.update(self._stage_timings(side["events"], side["main_events"]))
         job.timings["latency_ms"] = (time.perf_counter() - job.t_submit) * 1e3
         job.timings["t_done"] = time.monotonic()
         b = len(job.rows)
@@ -430,16 +425,21 @@ class StreamEngine:
 
     # ---- execution ------------------------------------------------------------------------------------
 
+    def _stage_timings(self, side: list, main: list) -> dict[str, float]:
+        """ms per component from the marks of `_mark`: CUDA events on the GPU, host clocks on the CPU."""
+        def ms(a, b) -> float:
+            return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+
+        return {
+            "vae_encode_ms": ms(side[0], side[1]), "text_encoder_ms": ms(side[1], side[2]), "side_ms": ms(side[0], side[2]),
+            "refresh_ms": ms(main[0], main[1]), "unet_ms": ms(main[1], main[2]), "decode_ms": ms(main[2], main[3]),
+            "main_ms": ms(main[0], main[3]),
+        }
+
     def _run_inline(self, job: _Job) -> None:
         try:
             self._side(job)
             self._main(job)
-            se, me = job.side["events"], job.side["main_events"]
-            job.timings.update(
-                vae_encode_ms=(se[1] - se[0]) * 1e3, text_encoder_ms=(se[2] - se[1]) * 1e3, side_ms=(se[2] - se[0]) * 1e3,
-                refresh_ms=(me[1] - me[0]) * 1e3, unet_ms=(me[2] - me[1]) * 1e3, decode_ms=(me[3] - me[2]) * 1e3,
-                main_ms=(me[3] - me[0]) * 1e3,
-            )
             self._finish(job)
         except Exception as exc:
             job.future.set_exception(exc)

@@ -114,7 +114,6 @@ class FlowClient:
 
     def _answers(self) -> None:
         answers = self.proc.bus.socket("PULL", "flow_ready", bind=True, worker=self.worker)
-        rings: dict[str, Ring] = {}
         try:
             while not self._done.is_set():
                 msg = answers.recv(timeout_s=0.2, expect=(FlowReady,))
@@ -136,8 +135,6 @@ class FlowClient:
                     future.set_exception(exc)
         finally:
             answers.close(linger_ms=0)
-            for ring in rings.values():
-                ring.close()
 
     def close(self) -> None:
         self._done.set()
