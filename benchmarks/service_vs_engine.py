@@ -1,9 +1,10 @@
 """The cost of the process split: `stylecast run` (all processes) against the engine alone, same clip, same call.
 
-    python benchmarks/service_vs_engine.py --profile synthetic-full --clip CLIP --frames 480 [--out benchmarks/results]
+    python benchmarks/service_vs_engine.py --profile synthetic-full --clip CLIP --frames 480 [--batch 16] [--out benchmarks/results]
 
 Both figures are frames over wall-clock seconds after warm-up (the engine bench drops its warm-up
 batches; the service starts its clock once the GPU worker has compiled and captured and said READY).
+The naive per-frame DreamLiteMobilePipeline at 4 steps is measured in the same call (its first frame is warm-up).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt", default="make it an oil painting")
+    parser.add_argument("--naive-frames", type=int, default=4, help="frames of the naive 4-step pipeline (0: skip it)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     engine = bench(args.profile, args.clip, args.prompt, EngineConfig(size=args.size, batch=args.batch),
-                   frames=args.frames, naive_steps=(), out_dir=None)
+                   frames=args.frames, naive_steps=(4,) if args.naive_frames else (), naive_frames=args.naive_frames + 1,
+                   out_dir=None)
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(None, overrides={
             "model.profile": args.profile, "engine.size": args.size, "engine.batch": args.batch,
@@ -54,6 +57,10 @@ def main() -> int:
                     "latency_ms_p50": service.latency_ms_p50, "latency_ms_p95": service.latency_ms_p95},
     }
     record["service_over_engine"] = service.fps / engine["engine"]["fps"]
+    if engine["naive"]:
+        record["naive"] = engine["naive"]
+        record["engine"]["ratio_to_naive_steps4"] = engine["engine"]["ratio_to_naive_steps4"]
+        record["service"]["ratio_to_naive_steps4"] = service.fps / engine["naive"]["steps4"]["fps"]
     print(json.dumps(record, indent=2))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ class RunSummary:
     wall_s: float = 0.0
     stage_means_ms: dict[str, float] = field(default_factory=dict)
     stream_fps: dict[str, float] = field(default_factory=dict)  # each stream's own steady rate
+    stream_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # each stream's p50 / p95 / max
 
     @property
     def aggregate_fps(self) -> float:
@@ -65,11 +66,15 @@ def _collect(run_dir: Path, summary: RunSummary) -> None:
         if path.name.startswith("summary-ingest-"):
             summary.frames_in += data.get("read", 0)
         elif path.name.startswith("summary-egress-"):
+            name = path.name[len("summary-egress-"):-len(".json")]
             summary.frames_out += data["written"]
             if data["first_write"] is not None and data["last_write"] > data["first_write"]:
-                name = path.name[len("summary-egress-"):-len(".json")]
                 summary.stream_fps[name] = (data["written"] - 1) / (data["last_write"] - data["first_write"])
             latencies += data["latencies_s"]
+            if data["latencies_s"]:
+                own = np.asarray(data["latencies_s"]) * 1e3
+                summary.stream_latency_ms[name] = {"p50": float(np.percentile(own, 50)), "p95": float(np.percentile(own, 95)),
+                                                   "max": float(own.max())}
             if data["first_write"] is not None:
                 first.append(data["first_write"])
                 last.append(data["last_write"])

@@ -320,6 +320,12 @@ class EngineSettings(_Section):
         allow_inf_nan=False,
         description="Latency-aware batching: dispatch a partial batch once its oldest frame has waited this long (ms).",
     )
+    buckets: list[int] = Field(
+        default_factory=list,
+        description="Batch sizes compiled and captured at start-up besides `batch` (each 1..batch); a partial batch "
+        "pads to the smallest that fits. Small buckets (e.g. [1, 2, 4]) cut latency for a few live cameras; each "
+        "costs one more compile at start-up.",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Default noise seed; a stream's own seed overrides it.")
 
     @field_validator("size")
@@ -625,6 +631,9 @@ class Settings(_Section):
                     raise FieldProblem(
                         ("streams", str(i), "sinks", str(j), "target"), f"'{sink.target}' is already written by {other}"
                     )
+        for i, bucket in enumerate(self.engine.buckets):
+            if not 1 <= bucket <= self.engine.batch:
+                raise FieldProblem(("engine", "buckets", str(i)), f"{bucket} is outside 1..engine.batch ({self.engine.batch})")
         if self.service.ring_slots < self.engine.batch:
             raise FieldProblem(
                 ("service", "ring_slots"),

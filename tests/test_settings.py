@@ -128,6 +128,7 @@ def test_size_error_names_field_and_value(tmp_path: Path) -> None:
         ({"engine.cond_refresh": 0}, "engine.cond_refresh: got 0: input should be greater than or equal to 1"),
         ({"model.device": "gpu0"}, "model.device: 'gpu0' is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ({"model.profile": "synthetic_tiny"}, "model.profile: 'synthetic_tiny' is neither 'synthetic-tiny', 'synthetic-full' nor an existing checkpoint directory"),
+        ({"engine.buckets": [1, 16]}, "engine.buckets.1: 16 is outside 1..engine.batch (8)"),
         ({"service.ring_slots": 4}, "service.ring_slots: 4 is smaller than engine.batch (8): a full batch would overwrite its own frames"),
         ({"service.heartbeat_timeout_s": 1.5}, "service.heartbeat_timeout_s: 1.5 must exceed twice heartbeat_interval_s (1.0)"),
         ({"ingest.reconnect_backoff_max_s": 0.1}, "ingest.reconnect_backoff_max_s: 0.1 is smaller than reconnect_backoff_initial_s (0.5)"),

@@ -312,3 +312,22 @@ def test_unresponsive_rtsp_host_fails_within_connect_timeout(behaviour):
             sock.close()
     assert time.monotonic() - started < 1.0 + 1.0
     assert_clean(caught.value, "topsecret")
+
+
+def test_pacer_releases_frames_on_schedule_and_reports_lateness():
+    from services.ingest.pacing import Pacer
+
+    now = [100.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(clock=lambda: now[0], sleep=sleep)
+    assert pacer.wait_for(5.0) == 0.0  # anchors the schedule
+    assert pacer.wait_for(5.04) == 0.0 and slept == [pytest.approx(0.04)]
+    now[0] += 0.5  # the consumer stalled: the next two frames are overdue
+    assert pacer.wait_for(5.08) == pytest.approx(0.46)
+    assert pacer.wait_for(5.12) == pytest.approx(0.42)
+    assert len(slept) == 1  # late frames come at once, never skipped

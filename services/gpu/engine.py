@@ -45,6 +45,14 @@ COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)
 
 
+def allow_recompiles(shapes: int) -> None:
+    """Every batch bucket × token bucket is its own static-shape compile; dynamo's default limit (8 per
+    function) would silently fall back to eager past that, so raise it to what the engine can ask for."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), shapes))
+
+
 class EngineError(ValueError):
     """A request the engine cannot serve (bad frames, unknown stream, bad setting); says which."""
 
@@ -99,6 +107,7 @@ class BatchOutput:
     prompts: list[str]  # the instruction each row was encoded with
     timings: dict = field(default_factory=dict)  # ms: side, main, components, latency
     latents: torch.Tensor | None = None
+    bucket: int = 0  # the batch shape it ran at (rows beyond the frames were padding)
 
 
 @dataclass
@@ -135,8 +144,14 @@ class StreamEngine:
             self.adapter.allocate(config.batch, self.latent, self.latent)
             self.adapter.attach("inference")
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
+        self._encoder_fn = self.encoder
         if self.cuda and config.compile != "none":
+            allow_recompiles(len(self.buckets) * len(UNET_TOKEN_BUCKETS) * 2)
             self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
+            # The encoder too (both towers: fused norms, rotary and residuals, 1.8× on an H100 alone);
+            # its once-per-device constants are built first so the traced function only reads them.
+            self.encoder.prepare(self.device, self.dtype)
+            self._encoder_fn = torch.compile(self.encoder.forward, mode=config.compile, dynamic=False, fullgraph=True)
         self.streams: dict[str, StreamState] = {}
         self.refresh_policy = RefreshPolicy.from_config(config)
         self._own_flows = flow_provider is None
@@ -264,7 +279,7 @@ class StreamEngine:
         return self.denoiser.encode(frames_u8.permute(0, 3, 1, 2).float() / 255.0)
 
     def _te_fn(self, frames_u8, ids, cos, sin, lengths):
-        return self.encoder(frames_u8.permute(0, 3, 1, 2).float() / 255.0, ids, cos, sin, lengths)
+        return self._encoder_fn(frames_u8.permute(0, 3, 1, 2).float() / 255.0, ids, cos, sin, lengths)
 
     def _encode(self, frames: torch.Tensor, prompts: list[str], bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, pos, lengths = self.encoder.pack([self.encoder.layout(p) for p in prompts])
@@ -387,7 +402,7 @@ class StreamEngine:
             frames=side["out_frames"].numpy().copy() if self.cuda else side["out_frames"].numpy(),
             streams=[st.name for st, _ in job.rows], indices=[i for _, i in job.rows],
             prompts=[job.prompts[st.name] for st, _ in job.rows], timings=job.timings,
-            latents=side.get("latents"),
+            latents=side.get("latents"), bucket=job.bucket,
         )
         job.future.set_result(out)
 

@@ -90,6 +90,8 @@ class EditPromptEncoder(torch.nn.Module):
         self.image_token_id = text_encoder.config.image_token_id
         self._prefix_ids = self._tokenise_prefix()
         self.prefix_len = len(self._prefix_ids)
+        # Index of the first image token inside every suffix (the same for all prompts).
+        self.image_offset = self._template_ids("x").index(self.image_token_id) - self.prefix_len
         device = self.lm.embed_tokens.weight.device
         # Buffers, not per-call tensors: a host→device copy cannot sit inside a captured CUDA graph.
         self.register_buffer("pixel_mean", torch.tensor(vision.image_mean, device=device).view(1, 3, 1, 1), persistent=False)
@@ -134,10 +136,6 @@ class EditPromptEncoder(torch.nn.Module):
         self._layouts[prompt] = layout
         return layout
 
-    @property
-    def image_offset(self) -> int:
-        """Index of the first image token inside every suffix (the same for all prompts)."""
-        return self._template_ids("x").index(self.image_token_id) - self.prefix_len
 
     def pack(self, layouts: list[PromptLayout], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-pad suffixes to a shared length: ids (B, L), positions (3, B, L), lengths (B,)."""
@@ -239,6 +237,12 @@ class EditPromptEncoder(torch.nn.Module):
             q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.scaling, enable_gqa=True
         )
         return attn.o_proj(out.transpose(1, 2).reshape(b, l, -1)), new_kv
+
+    def prepare(self, device, dtype) -> None:
+        """Build the once-per-device constants (prefix K/V, vision positions) outside any traced region."""
+        with torch.no_grad():
+            self.prefix_cache(device, dtype)
+            self._vision_constants(device, dtype)
 
     def prefix_cache(self, device, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (K, V) of the shared system prefix, computed once per device."""

@@ -1,8 +1,9 @@
 """The GPU worker process: hosts the StreamEngine and serves every stream of the node.
 
 Frames of all streams arrive on one socket; each stream keeps its own queue. Batches are formed
-latency-aware: dispatch when B frames wait, when the oldest has waited `max_batch_wait_ms`, or when a
-stream ends; frames of several streams share a batch, oldest first, each stream's frames in order.
+latency-aware: dispatch when B frames wait, when nothing is in flight, when the oldest has waited
+`max_batch_wait_ms`, or when a stream ends; frames of several streams share a batch, oldest first,
+each stream's frames in order; a partial batch pads to the smallest configured bucket that fits.
 Finished batches are written to the streams' output rings and announced to their egress processes.
 
 Credits keep file streams lossless: input slots are released once their frames are copied (the last
@@ -63,6 +64,7 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
         adapter_weights=str(e.lllite_weights) if e.lllite_weights else None, multiplier=e.lllite_multiplier,
         cond_refresh=e.cond_refresh, te_mode=e.text_encoder_mode, te_refresh=e.text_encoder_refresh,
         encoder_size=e.encoder_image_size, compile=compile_mode, cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
+        buckets=tuple(e.buckets),
     )
 
 
@@ -164,6 +166,15 @@ class BatchMeta:
     batch_id: int
     rows: list[tuple[WorkerStream, Frame]]
     versions: dict[str, int]
+
+
+def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float, max_wait_s: float, flushing: bool) -> bool:
+    """Whether the frames waiting make a batch now (the caller has checked there is room in the pipeline).
+
+    An idle GPU takes what waits at once: a lone camera's frame never waits for company that may not
+    come. Under load, batches fill while earlier ones run, so this costs no throughput.
+    """
+    return waiting >= batch or in_flight == 0 or oldest_wait_s >= max_wait_s or flushing
 
 
 def worker_device(device: str, worker: int, workers: int) -> str:
@@ -317,10 +328,11 @@ class GpuWorker:
         waiting = [st for st in self.streams.values() if st.queue and len(st.outputs) < self.batch]
         if not waiting or self.in_flight >= self.engine.config.pipeline_depth + 1:
             return False
-        total = sum(len(st.queue) for st in waiting)
-        oldest = min(st.queue[0].t_ingest for st in waiting)
-        ending = any(st.ending for st in waiting)
-        return total >= self.batch or now() - oldest >= self.max_wait or ending or self.draining
+        return dispatch_due(
+            waiting=sum(len(st.queue) for st in waiting), batch=self.batch, in_flight=self.in_flight,
+            oldest_wait_s=now() - min(st.queue[0].t_ingest for st in waiting), max_wait_s=self.max_wait,
+            flushing=self.draining or any(st.ending for st in waiting),
+        )
 
     def _dispatch(self) -> None:
         while self._ready_to_dispatch():

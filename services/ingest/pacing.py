@@ -17,10 +17,14 @@ class Pacer:
         self._anchor_wall: float | None = None
         self._anchor_media: float = 0.0
 
-    def wait_for(self, media_time_s: float) -> None:
+    def wait_for(self, media_time_s: float) -> float:
+        """Sleep until the frame is due; returns how late it is released (s, 0 when on time), so the
+        frame's capture time can be its due time, as a camera would stamp it."""
         if self._anchor_wall is None:
             self._anchor_wall, self._anchor_media = self._clock(), media_time_s
-            return
+            return 0.0
         delay = self._anchor_wall + (media_time_s - self._anchor_media) - self._clock()
         if delay > 0:
             self._sleep(delay)
+            return 0.0
+        return -delay

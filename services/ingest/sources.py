@@ -138,11 +138,12 @@ class Source:
         index = self.counters.decoded
         pts_s = float(frame.pts * time_base) if frame.pts is not None and time_base else None
         rgb = to_model_frame(frame, self.size)
+        late = 0.0
         if self._pacer is not None:
             fps = self.fps or 25.0
-            self._pacer.wait_for(pts_s if pts_s is not None else index / fps)
+            late = self._pacer.wait_for(pts_s if pts_s is not None else index / fps)
         self.counters.decoded += 1
-        return SourceFrame(rgb, time.time(), pts_s, index)
+        return SourceFrame(rgb, time.time() - late, pts_s, index)  # a late frame keeps its due time
 
     def _packets(self) -> Iterator[av.Packet]:
         """Demuxed packets of the video stream. A demux generator dies with its first exception,

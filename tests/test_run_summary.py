@@ -1,0 +1,30 @@
+"""The run summary adds up what each process wrote when it drained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.runner import RunSummary, _collect
+
+
+def test_summary_has_totals_and_each_streams_rate_and_latency(tmp_path):
+    def egress(name, written, first, last, latencies):
+        (tmp_path / f"summary-egress-{name}.json").write_text(json.dumps(
+            {"written": written, "first_write": first, "last_write": last, "latencies_s": latencies,
+             "stage_means_ms": {"gpu": 10.0}}))
+
+    (tmp_path / "summary-ingest-a.json").write_text(json.dumps({"read": 11}))
+    (tmp_path / "summary-ingest-b.json").write_text(json.dumps({"read": 5}))
+    egress("a", 11, 100.0, 101.0, [0.1] * 10 + [0.5])
+    egress("b", 5, 100.5, 102.5, [0.2] * 5)
+    summary = RunSummary()
+    _collect(tmp_path, summary)
+    assert (summary.frames_in, summary.frames_out) == (16, 16)
+    assert summary.stream_fps == {"a": pytest.approx(10.0), "b": pytest.approx(2.0)}
+    assert summary.fps == pytest.approx(15 / 2.5)
+    assert summary.stream_latency_ms["a"] == {"p50": pytest.approx(100.0), "p95": pytest.approx(300.0), "max": pytest.approx(500.0)}
+    assert summary.stream_latency_ms["b"]["p95"] == pytest.approx(200.0)
+    assert summary.latency_ms_p50 == pytest.approx(100.0)
+    assert summary.stage_means_ms == {"gpu": pytest.approx(10.0)}
