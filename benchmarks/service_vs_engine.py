@@ -54,7 +54,8 @@ def main() -> int:
         "service": {"fps": service.fps, "wall_fps": service.wall_fps, "frames_in": service.frames_in,
                     "frames_out": service.frames_out, "dropped": service.dropped, "wall_s": service.wall_s,
                     "stage_means_ms": service.stage_means_ms,
-                    "latency_ms_p50": service.latency_ms_p50, "latency_ms_p95": service.latency_ms_p95},
+                    "latency_ms_p50": service.latency_ms_p50, "latency_ms_p95": service.latency_ms_p95,
+                    "streams": service.streams, "logs": service.logs},
     }
     record["service_over_engine"] = service.fps / engine["engine"]["fps"]
     if engine["naive"]:
