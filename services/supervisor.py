@@ -96,6 +96,13 @@ class Child:
         return self.popen is not None and self.popen.poll() is None
 
 
+def silent_too_long(child: Child, now: float, svc) -> bool:
+    """Whether a running child's silence means it hangs. One still starting (a GPU worker compiling and
+    capturing) may starve its heartbeat thread for seconds at a time: it gets the start-up limit."""
+    limit = svc.startup_timeout_s if child.state == ProcessState.STARTING else svc.heartbeat_timeout_s
+    return now - child.last_heartbeat > limit and now - child.started > limit
+
+
 @dataclasses.dataclass
 class StreamRecord:
     cfg: StreamSettings
@@ -238,13 +245,14 @@ class Supervisor:
 
     def _check_children(self) -> None:
         now_ = time.monotonic()
-        timeout = self.settings.service.heartbeat_timeout_s
+        svc = self.settings.service
         for child in list(self.children.values()):
             if child.finished:
                 continue
             code = child.popen.poll() if child.popen else None
-            if code is None and now_ - child.last_heartbeat > timeout and now_ - child.started > timeout:
-                log.error("%s sent no heartbeat for %.1f s: killing it", child.name, now_ - child.last_heartbeat)
+            if code is None and silent_too_long(child, now_, svc):
+                log.error("%s sent no heartbeat for %.1f s%s: killing it", child.name, now_ - child.last_heartbeat,
+                          " while starting" if child.state == ProcessState.STARTING else "")
                 child.popen.kill()
                 child.popen.wait()
                 code = child.popen.returncode

@@ -535,6 +535,11 @@ class ServiceSettings(_Section):
     heartbeat_timeout_s: float = Field(
         5.0, gt=0, le=600, allow_inf_nan=False, description="A process silent this long is restarted (s); > 2 x interval."
     )
+    startup_timeout_s: float = Field(
+        900.0, gt=0, le=7200, allow_inf_nan=False,
+        description="A process that has not said ready may stay silent this long (s): compiling and capturing "
+        "the GPU worker's batch shapes can hold its heartbeat back for seconds at a time.",
+    )
     max_restarts: int = Field(5, ge=0, description="Restarts of one process within restart_window_s before giving up on it.")
     restart_window_s: float = Field(300.0, gt=0, allow_inf_nan=False, description="Window for max_restarts (s).")
     drain_timeout_s: float = Field(

@@ -68,6 +68,18 @@ def test_kill_9_of_a_process_is_survived(tmp_path, clip, victim, reliability):
     assert not processes_using(svc.runtime) and not leftover_segments(svc.runtime)
 
 
+def test_a_starting_process_gets_the_start_up_limit_not_the_heartbeat_timeout():
+    from services.supervisor import Child, silent_too_long
+    from shared.settings import load_settings
+
+    svc = load_settings(None, env={}, overrides={"service.heartbeat_timeout_s": 5, "service.startup_timeout_s": 600}).service
+    starting = Child("gpu", "services.gpu", [], started=0.0, last_heartbeat=0.0, state="starting")
+    ready = Child("gpu", "services.gpu", [], started=0.0, last_heartbeat=0.0, state="ready")
+    assert not silent_too_long(starting, 60.0, svc)  # compiling for a minute without a beat: fine
+    assert silent_too_long(starting, 601.0, svc)
+    assert silent_too_long(ready, 6.0, svc) and not silent_too_long(ready, 4.0, svc)
+
+
 def test_supervisor_crash_leaves_nothing_the_next_start_does_not_clean(tmp_path, clip, reliability):
     svc = Service(tmp_path, [_paced("a", clip, tmp_path / "a.mp4")])
     svc.wait_ready()
