@@ -68,6 +68,31 @@ def test_kill_9_of_a_process_is_survived(tmp_path, clip, victim, reliability):
     assert not processes_using(svc.runtime) and not leftover_segments(svc.runtime)
 
 
+def test_a_hung_process_is_found_by_its_silence_and_replaced(tmp_path, clip, reliability):
+    """SIGSTOP: the process lives but does nothing. Its missing heartbeats give it away."""
+    lossless = {**_paced("a", clip, tmp_path / "a.mp4"), "live": False}  # a live source would drop while egress hangs
+    svc = Service(tmp_path, [lossless], service={"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 2.0})
+    try:
+        svc.wait_ready()
+        wait_for(lambda: svc.frames_out("a") > 12, 60, "stream flowing")
+        os.kill(svc.pid_of("egress-a"), signal.SIGSTOP)
+        hung = time.monotonic()
+        wait_for(lambda: svc.restarts("egress-a") == 1, 30, "the hung egress replaced")
+        detected = time.monotonic() - hung
+        at_restart = svc.frames_out("a")
+        wait_for(lambda: svc.frames_out("a") >= at_restart + 8, 60, "stream a to resume")
+        recovery = time.monotonic() - hung
+        wait_for(lambda: svc.stream("a")["state"] == "stopped", 120, "the stream to finish")
+        assert svc.stop() == 0
+    finally:
+        svc.kill()
+    lost = FRAMES - _frames_in(tmp_path / "a.mp4")
+    reliability.record("fault", "egress hung (SIGSTOP) mid-stream", "silence detected, killed and restarted",
+                       recovery_s=recovery, frames_lost=lost, detail=f"detected after {detected:.1f} s (timeout 2 s)")
+    assert 2.0 <= detected < 10
+    assert lost == 0
+
+
 def test_a_starting_process_gets_the_start_up_limit_not_the_heartbeat_timeout():
     from services.supervisor import Child, silent_too_long
     from shared.settings import load_settings

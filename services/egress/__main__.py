@@ -14,13 +14,13 @@ import argparse
 import collections
 import logging
 import sys
-import time
 from fractions import Fraction
 
 import numpy as np
 
 from services.egress.errors import SinkError
 from services.egress.sinks import open_sink
+from shared.bus import wait_readable
 from shared.process import EXIT_FAILED_STREAM, ChildProcess
 from shared.protocol import ProcessState, StreamState, StreamStatus, Styled, now
 from shared.ring import Ring, StaleSlot
@@ -42,7 +42,12 @@ class Egress:
         previews = [sink.url for sink in self.sinks if hasattr(sink, "url")]
         # A SUB socket hears only what is published after its subscription reached the publisher:
         # give it a moment before saying READY (the supervisor starts the stream's ingest after that).
-        time.sleep(0.2)
+        # Poll, not sleep: the bus connects with ZMQ_IMMEDIATE, so the subscription is only sent once
+        # this thread calls into the socket after the handshake. Sleeping left it unsent until run()'s
+        # first recv, and a restart lost what the GPU worker published meanwhile: _recover releases
+        # ring slots, a worker blocked on the full ring writes the next frames at once, and those lie
+        # beyond the range _recover reads while their messages went to no one.
+        wait_readable([self.styled], 0.2)
         self.written = 0
         self.last_seq = -1
         self.latencies: list[float] = []  # end-to-end seconds of every written frame, for the run summary

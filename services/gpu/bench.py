@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import EngineConfig, StreamEngine
+from .engine import EngineConfig, StreamEngine, release_compile_workers
 from .profiles import ModelBundle, load_profile
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,8 @@ def bench(profile: str, clip: str, prompt: str, config: EngineConfig, device: st
         torch.cuda.reset_peak_memory_stats(dev)
     with StreamEngine(config, bundle) as engine:
         result["engine"] = run_engine(engine, clip, prompt, frames, warmup_batches)
+    if dev.type == "cuda" and config.compile != "none":
+        release_compile_workers()
     if dev.type == "cuda":
         result["engine"]["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         result["engine"]["peak_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30

@@ -53,6 +53,15 @@ def allow_recompiles(shapes: int) -> None:
     setattr(config, name, max(getattr(config, name), shapes))
 
 
+def release_compile_workers() -> None:
+    """Inductor keeps a pool of compile processes for the life of the process. Once every shape is compiled
+    they only hold memory, and tearing them down at interpreter exit can hang (seen on the H100: a worker
+    that never exited). Shut them down now; a later compile starts a new pool."""
+    from torch._inductor.async_compile import shutdown_compile_workers
+
+    shutdown_compile_workers()
+
+
 class EngineError(ValueError):
     """A request the engine cannot serve (bad frames, unknown stream, bad setting); says which."""
 

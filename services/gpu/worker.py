@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from services.gpu.engine import BatchOutput, EngineConfig, EngineError, StreamEngine
+from services.gpu.engine import BatchOutput, EngineConfig, EngineError, StreamEngine, release_compile_workers
 from services.gpu.profiles import load_profile
 from shared.bus import wait_readable
 from shared.process import ChildProcess
@@ -205,7 +205,8 @@ class GpuWorker:
         workers = int(os.environ.get("STYLECAST_GPU_WORKERS", "1"))
         device = worker_device(s.model.device, worker, workers)
         if device != "cpu":  # host-side torch work is small: don't let every worker spawn a thread per core
-            torch.set_num_threads(max(1, min(4, (os.cpu_count() or 4) // (4 * workers))))
+            default = max(1, min(4, (os.cpu_count() or 4) // (4 * workers)))
+            torch.set_num_threads(int(os.environ.get("STYLECAST_GPU_HOST_THREADS", default)))
         bundle = load_profile(s.model.profile, device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
         self.device = str(bundle.device)
         self.flows = FlowClient(proc, self.size, worker)
@@ -223,6 +224,8 @@ class GpuWorker:
                 self.engine.submit(frames, "__warmup__").result()
         self.engine.close_stream("__warmup__")
         self.engine.counters = dict.fromkeys(self.engine.counters, 0)
+        if self.engine.cuda and self.engine.config.compile != "none":
+            release_compile_workers()
     # ---- control ---------------------------------------------------------------------------------------
 
     def _handle_control(self, msg) -> None:
