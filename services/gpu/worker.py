@@ -205,8 +205,7 @@ class GpuWorker:
         workers = int(os.environ.get("STYLECAST_GPU_WORKERS", "1"))
         device = worker_device(s.model.device, worker, workers)
         if device != "cpu":  # host-side torch work is small: don't let every worker spawn a thread per core
-            default = max(1, min(4, (os.cpu_count() or 4) // (4 * workers)))
-            torch.set_num_threads(int(os.environ.get("STYLECAST_GPU_HOST_THREADS", default)))
+            torch.set_num_threads(max(1, min(4, (os.cpu_count() or 4) // (4 * workers))))
         bundle = load_profile(s.model.profile, device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
         self.device = str(bundle.device)
         self.flows = FlowClient(proc, self.size, worker)
