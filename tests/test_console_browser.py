@@ -168,8 +168,10 @@ def test_console_lists_adds_previews_and_changes_prompts(service, browser, bikes
             _wait(lambda img=img, before=before: np.abs(_picture(img) - before).mean() > 1.0, 20, f"the {side} preview to change")
 
     # A prompt edit reaches the service: API prompt_version 2, and the encoder's metric at the next batch.
+    from selenium.webdriver.common.keys import Keys
+
     prompt = main.find_element(By.CSS_SELECTOR, ".prompt-input")
-    prompt.clear()
+    prompt.send_keys(Keys.CONTROL, "a")  # as a person would: select all, type over it (the field keeps focus)
     prompt.send_keys("a charcoal sketch")
     main.find_element(By.CSS_SELECTOR, ".prompt-apply").click()
     _wait(lambda: main.find_element(By.CSS_SELECTOR, ".prompt-version").text == "prompt v2", 20, "prompt v2 in the page")

@@ -183,7 +183,8 @@ function makeCard(info) {
       updateCard(card, updated);
     } catch (e) { f.promptError.textContent = e.message; }
   });
-  f.promptInput.addEventListener("input", () => { f.promptInput.dataset.editing = "1"; });
+  // "change" too: a programmatic clear (e.g. WebDriver's) fires it without "input", then blurs the field.
+  for (const ev of ["input", "change"]) f.promptInput.addEventListener(ev, () => { f.promptInput.dataset.editing = "1"; });
   remove.addEventListener("click", async () => {
     if (!confirm(`Remove stream ${info.name}? Its outputs are finalised.`)) return;
     try { await api("DELETE", `/streams/${encodeURIComponent(info.name)}`); refresh(); }
