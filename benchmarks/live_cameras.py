@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.runner import run_pipeline  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 
+
 def looped_clip(source: str, target: Path, frames: int, fps: int, size: int) -> Path:
     """The source clip's frames, centre-cropped to size², repeated to `frames` frames at `fps` (H.264)."""
     import av

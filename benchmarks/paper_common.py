@@ -63,8 +63,20 @@ def add_adapter_arg(p: argparse.ArgumentParser) -> None:
                         "'zero' = zero-initialised (then the adapter has no effect)")
 
 
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", default=None,
+                   help="torch.compile mode of the engine (default: the engine's); 'none' skips compiling "
+                        "(CUDA graphs only: minutes less start-up per batch shape on an H100)")
+
+
+def compile_option(args) -> dict:
+    """EngineConfig keyword for --compile: empty when the engine's default applies."""
+    return {"compile": args.compile} if args.compile else {}
+
+
 def add_quality_args(p: argparse.ArgumentParser) -> None:
     add_adapter_arg(p)
+    add_compile_arg(p)
     p.add_argument("--lpips-weights", default=None, help="LPIPS-Alex .safetensors; without it LPIPS columns are null")
     p.add_argument("--clip-weights", default=None, help="local CLIP directory; without it CLIP columns are null")
 

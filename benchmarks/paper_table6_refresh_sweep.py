@@ -23,6 +23,7 @@ from benchmarks.paper_common import (  # noqa: E402
     QualityModels,
     add_quality_args,
     by_device,
+    compile_option,
     distance,
     input_flows,
     load_bundle,
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs: dict[str, dict[int, np.ndarray]] = {spec: {} for spec in clips}
     per_clip: dict[str, dict[int, dict]] = {spec: {} for spec in clips}
     for n in sweep:
-        config = EngineConfig(size=size, batch=batch, hooks="down_blocks", adapter_weights=weights, cond_refresh=n)
+        config = EngineConfig(size=size, batch=batch, hooks="down_blocks", adapter_weights=weights, cond_refresh=n,
+                              **compile_option(args))
         with StreamEngine(config, bundle) as engine:
             for spec, frames in clips.items():
                 run = run_stream(engine, frames, args.prompt, warmup_batches=1)

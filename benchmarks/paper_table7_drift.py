@@ -25,6 +25,7 @@ from benchmarks.paper_common import (  # noqa: E402
     QualityModels,
     add_quality_args,
     by_device,
+    compile_option,
     distance,
     input_flows,
     load_bundle,
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     models = QualityModels(args, bundle.device)
     weights, adapter_note = resolve_adapter(args, bundle)
     inputs = read_frames(args.clip, size, total)
-    config = EngineConfig(size=size, batch=batch, hooks="down_blocks", adapter_weights=weights, cond_refresh=refresh)
+    config = EngineConfig(size=size, batch=batch, hooks="down_blocks", adapter_weights=weights, cond_refresh=refresh,
+                          **compile_option(args))
     with StreamEngine(config, bundle) as engine:
         run = run_stream(engine, inputs, args.prompt, warmup_batches=args.warmup_batches)
     skip = args.warmup_batches * batch

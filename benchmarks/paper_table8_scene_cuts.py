@@ -25,6 +25,7 @@ from benchmarks.paper_common import (  # noqa: E402
     QualityModels,
     add_quality_args,
     by_device,
+    compile_option,
     distance,
     input_flows,
     load_bundle,
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         flows = input_flows(joined)
         outputs, rows = {}, {}
         for run_name, refresh in RUNS.items():
-            config = EngineConfig(size=size, batch=batch, hooks="down_blocks", adapter_weights=weights, **refresh)
+            config = EngineConfig(size=size, batch=batch, hooks="down_blocks", adapter_weights=weights, **refresh,
+                                  **compile_option(args))
             with StreamEngine(config, bundle) as engine:
                 run = run_stream(engine, joined, args.prompt, warmup_batches=1)
             outputs[run_name] = run.outputs
