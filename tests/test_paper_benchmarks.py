@@ -23,15 +23,11 @@ SCRIPTS = {
 
 
 @pytest.fixture
-def quick(tiny_bundle, monkeypatch):
+def quick(tiny_bundle, monkeypatch, one_torch_thread):
     """One thread (tiny ops; shared cores), and the session's synthetic-tiny instead of loading it again."""
     import services.gpu.profiles
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     monkeypatch.setattr(services.gpu.profiles, "load_profile", lambda profile, device, **kw: tiny_bundle)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

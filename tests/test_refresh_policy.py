@@ -24,13 +24,7 @@ CUT = 16  # bikes frames 0..15 hold no cut (its first is at 30); carphone follow
 TOTAL = 48  # 12 batches: the cut opens batch 4; periodic N=8 refreshes at batches 1 and 9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ops: one thread avoids OpenMP spin-waits when the two cores are shared with other work."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

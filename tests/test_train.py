@@ -29,13 +29,7 @@ STEPS = 30
 CONFIG = {"batch": 4, "lr": 1e-2, "save_every": STEPS // 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ops: one thread avoids OpenMP spin-waits when the two cores are shared with other work."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
