@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from services.gpu.bench import _device_info  # noqa: E402
 from services.gpu.graphs import CapturedCall  # noqa: E402
 from services.gpu.profiles import load_profile  # noqa: E402
 from services.gpu.prompt_encoder import EditPromptEncoder  # noqa: E402
+from shared.records import card_slug, write_result  # noqa: E402
 
 
 def time_ms(fn, repeats: int = 20) -> float:
@@ -111,11 +111,7 @@ def main() -> int:
     record["ms_per_frame"] = {k: round(v / b, 3) for k, v in record["ms_per_batch"].items()}
     record.update(_device_info(device), command=" ".join(sys.argv), profile=args.profile)
     print(json.dumps({k: v for k, v in record.items() if k != "top_kernels"}, indent=1))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"encoder_profile_{record['card'].replace(' ', '_')}_B{b}_{stamp}.json"
-    path.write_text(json.dumps(record, indent=1))
+    path = write_result(record, args.out, f"encoder_profile_{card_slug(record['card'])}_B{b}")
     print(f"wrote {path}")
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.runner import run_pipeline  # noqa: E402
+from shared.records import card_slug, write_result  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 
 
@@ -122,12 +123,9 @@ def main() -> int:
             record["runs"].append(run)
             print(json.dumps({k: v for k, v in run.items() if k != "streams"}, indent=1), flush=True)
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        card = str(record.get("card", "unknown")).replace(" ", "_")
         cams = "-".join(str(c) for c in args.cameras)
-        path = Path(args.out) / f"live_cameras_{args.profile}_{card}_{cams}cams_B{args.batch}_{stamp}.json"
-        path.write_text(json.dumps(record, indent=2, default=float))
+        card = card_slug(str(record.get("card", "unknown")))
+        path = write_result(record, args.out, f"live_cameras_{args.profile}_{card}_{cams}cams_B{args.batch}")
         print(f"wrote {path}")
     return 0
 

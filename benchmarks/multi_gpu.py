@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.runner import run_pipeline  # noqa: E402
+from shared.records import card_slug, write_result  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 
 
@@ -84,9 +85,7 @@ def main() -> int:
     print(f"aggregate: 1 worker {one['aggregate_fps']:.1f} fps, {args.gpus} workers {many['aggregate_fps']:.1f} fps: "
           f"×{record['speedup']:.2f} (first-to-last write: {one['first_to_last_fps']:.1f} vs {many['first_to_last_fps']:.1f})")
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        (Path(args.out) / f"multi_gpu_{args.profile}_{card.replace(' ', '_')}_x{args.gpus}_{stamp}.json").write_text(json.dumps(record, indent=2))
+        write_result(record, args.out, f"multi_gpu_{args.profile}_{card_slug(card)}_x{args.gpus}")
     return 0
 
 

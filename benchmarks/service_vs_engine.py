@@ -20,6 +20,7 @@ from pathlib import Path
 from services.gpu.bench import bench
 from services.gpu.engine import EngineConfig
 from services.runner import run_pipeline
+from shared.records import card_slug, write_result
 from shared.settings import load_settings
 
 
@@ -64,10 +65,8 @@ def main() -> int:
         record["service"]["ratio_to_naive_steps4"] = service.fps / engine["naive"]["steps4"]["fps"]
     print(json.dumps(record, indent=2))
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        card = record.get("card", "unknown").replace(" ", "_")
-        (Path(args.out) / f"service_vs_engine_{args.profile}_{card}_B{args.batch}_{stamp}.json").write_text(json.dumps(record, indent=2))
+        card = card_slug(record.get("card", "unknown"))
+        write_result(record, args.out, f"service_vs_engine_{args.profile}_{card}_B{args.batch}")
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared.records import write_result  # noqa: E402
 from tests.support.rtsp_server import RtspServer, gstreamer_missing_reason  # noqa: E402
 from tests.support.service import Service  # noqa: E402
 from tests.support.soak import SoakProbe, long_clip  # noqa: E402
@@ -87,9 +88,7 @@ def main() -> int:
     }
     print(json.dumps({k: v for k, v in record.items() if k != "timeline"}, indent=2))
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        (Path(args.out) / f"soak_{args.streams}streams_{args.minutes:g}min_{stamp}.json").write_text(json.dumps(record, indent=2))
+        write_result(record, args.out, f"soak_{args.streams}streams_{args.minutes:g}min")
     return 0 if all(v == 0 for v in record["files_lost"].values()) else 1
 
 

@@ -6,7 +6,6 @@ host work inside the window: decoding the clip, resizing, tokenising, copies, an
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import queue
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from shared.records import card_slug, write_result
 
 from .engine import EngineConfig, StreamEngine, release_compile_workers
 from .profiles import ModelBundle, load_profile
@@ -184,20 +185,16 @@ def bench(profile: str, clip: str, prompt: str, config: EngineConfig, device: st
         torch.cuda.reset_peak_memory_stats(dev)
     with StreamEngine(config, bundle) as engine:
         result["engine"] = run_engine(engine, clip, prompt, frames, warmup_batches)
-    if dev.type == "cuda" and config.compile != "none":
-        release_compile_workers()
+        if engine.compiled:
+            release_compile_workers()
     if dev.type == "cuda":
         result["engine"]["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         result["engine"]["peak_reserved_gib"] = torch.cuda.max_memory_reserved(dev) / 2**30
     for name, naive in result["naive"].items():
         result["engine"][f"ratio_to_naive_{name}"] = result["engine"]["fps"] / naive["fps"]
     if out_dir:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        card = result["card"].replace(" ", "_").replace("/", "_")
-        path = Path(out_dir) / f"bench_{profile}_{card}_B{config.batch}_S{config.size}{tag}_{stamp}.json"
-        path.write_text(json.dumps(result, indent=2))
-        result["json"] = str(path)
+        stem = f"bench_{profile}_{card_slug(result['card'])}_B{config.batch}_S{config.size}{tag}"
+        result["json"] = str(write_result(result, out_dir, stem))
     return result
 
 

@@ -1,0 +1,21 @@
+"""Benchmark result records: one JSON file per run, named by what ran and when (UTC)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def card_slug(card: str) -> str:
+    """A card's name as it goes into a result file name."""
+    return card.replace(" ", "_").replace("/", "_")
+
+
+def write_result(record: dict, out_dir: str | Path, stem: str) -> Path:
+    """Write a benchmark record as `<out_dir>/<stem>_<UTC time>.json`, making the folder if needed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(record, indent=2, default=float))
+    return path
