@@ -59,6 +59,12 @@ class RunSummary:
         ]
 
 
+def latency_ms(latencies_s: list[float]) -> dict[str, float]:
+    """p50 / p95 / max in milliseconds of end-to-end latencies in seconds."""
+    ms = np.asarray(latencies_s) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "max": float(ms.max())}
+
+
 def _collect(run_dir: Path, summary: RunSummary) -> None:
     latencies, first, last = [], [], []
     for path in run_dir.glob("summary-*.json"):
@@ -72,9 +78,7 @@ def _collect(run_dir: Path, summary: RunSummary) -> None:
                 summary.stream_fps[name] = (data["written"] - 1) / (data["last_write"] - data["first_write"])
             latencies += data["latencies_s"]
             if data["latencies_s"]:
-                own = np.asarray(data["latencies_s"]) * 1e3
-                summary.stream_latency_ms[name] = {"p50": float(np.percentile(own, 50)), "p95": float(np.percentile(own, 95)),
-                                                   "max": float(own.max())}
+                summary.stream_latency_ms[name] = latency_ms(data["latencies_s"])
             if data["first_write"] is not None:
                 first.append(data["first_write"])
                 last.append(data["last_write"])
@@ -85,8 +89,8 @@ def _collect(run_dir: Path, summary: RunSummary) -> None:
     if first and max(last) > min(first):
         summary.fps = (summary.frames_out - 1) / (max(last) - min(first))
     if latencies:
-        summary.latency_ms_p50 = float(np.percentile(latencies, 50) * 1e3)
-        summary.latency_ms_p95 = float(np.percentile(latencies, 95) * 1e3)
+        overall = latency_ms(latencies)
+        summary.latency_ms_p50, summary.latency_ms_p95 = overall["p50"], overall["p95"]
 
 
 def run_pipeline(settings: Settings, *, progress: bool = True) -> RunSummary:

@@ -154,7 +154,7 @@ class StreamEngine:
             self.adapter.attach("inference")
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
         self._encoder_fn = self.encoder
-        if self.cuda and config.compile != "none":
+        if self.compiled:
             allow_recompiles(len(self.buckets) * len(UNET_TOKEN_BUCKETS) * 2)
             self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
             # The encoder too (both towers: fused norms, rotary and residuals, 1.8× on an H100 alone);
@@ -178,6 +178,11 @@ class StreamEngine:
             self._side_q: queue.Queue = queue.Queue(maxsize=config.pipeline_depth)
             self._main_q: queue.Queue = queue.Queue(maxsize=2)
             self._done_q: queue.Queue = queue.Queue(maxsize=4)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether torch.compile is in use (CUDA with a compile mode): the U-Net and the text encoder."""
+        return self.cuda and self.config.compile != "none"
 
     # ---- streams -------------------------------------------------------------------------------------
 

@@ -136,7 +136,6 @@ class EditPromptEncoder(torch.nn.Module):
         self._layouts[prompt] = layout
         return layout
 
-
     def pack(self, layouts: list[PromptLayout], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-pad suffixes to a shared length: ids (B, L), positions (3, B, L), lengths (B,)."""
         longest = max(l.length for l in layouts)

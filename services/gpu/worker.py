@@ -223,8 +223,9 @@ class GpuWorker:
                 self.engine.submit(frames, "__warmup__").result()
         self.engine.close_stream("__warmup__")
         self.engine.counters = dict.fromkeys(self.engine.counters, 0)
-        if self.engine.cuda and self.engine.config.compile != "none":
+        if self.engine.compiled:
             release_compile_workers()
+
     # ---- control ---------------------------------------------------------------------------------------
 
     def _handle_control(self, msg) -> None:
