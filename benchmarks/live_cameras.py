@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.isolation import in_child  # noqa: E402
 from services.runner import run_pipeline  # noqa: E402
 from shared.records import card_slug, write_result  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
@@ -52,14 +53,6 @@ def naive_baseline(profile: str, clip: str, size: int, frames: int, prompt: str)
     result = run_naive(bundle, list(clip_frames(clip, size, frames + 1)), prompt, 4, size)
     return {"device": _device_info(bundle.device), "steps4": result}
 
-
-def in_child(fn, *args):
-    """Each run in a fresh process: the service's multi-process metrics (and the GPU) are per process."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 def run_cameras(args, clip: Path, cameras: int, tmp: Path) -> dict:
     streams = [{"name": f"cam{i}", "source": str(clip), "prompt": args.prompt, "pace": True, "live": True,

@@ -42,6 +42,7 @@ class RunSummary:
     interrupted: bool = False
     logs: str = ""
     model: str = ""
+    gpu: dict = field(default_factory=dict)  # each GPU worker's batch timings and dispatch waits (worker_stats)
 
     def lines(self) -> list[str]:
         dropped = sum(self.dropped.values())
@@ -55,8 +56,20 @@ class RunSummary:
             "mean ms per frame by stage: " + ", ".join(f"{k} {v:.0f}" for k, v in self.stage_means_ms.items()),
             *(f"stream {name}: {info['state']}{' - ' + info['reason'] if info['reason'] else ''}"
               for name, info in self.streams.items()),
+            *(gpu_line(name, data) for name, data in sorted(self.gpu.items())),
             f"logs: {self.logs}",
         ]
+
+
+def gpu_line(name: str, data: dict) -> str:
+    """One line of a GPU worker's summary: batch rate, the main path's idle gaps, where dispatch waited."""
+    if not data.get("batches"):
+        return f"{name}: no batches"
+    waits = ", ".join(f"{k} {v:.1f} s" for k, v in data.get("wait_s", {}).items())
+    cadence = f"every {data['cadence_ms_p50']:.1f} ms" if "cadence_ms_p50" in data else ""
+    gap = f", main idle gap p50 {data['main_gap_ms_p50']:.1f} ms" if "main_gap_ms_p50" in data else ""
+    return (f"{name}: {data['frames']} frames in {data['batches']} batches ({data['rows_mean']:.1f} each) {cadence}{gap}; "
+            f"dispatch waits: {waits}")
 
 
 def latency_ms(latencies_s: list[float]) -> dict[str, float]:
@@ -69,7 +82,9 @@ def _collect(run_dir: Path, summary: RunSummary) -> None:
     latencies, first, last = [], [], []
     for path in run_dir.glob("summary-*.json"):
         data = json.loads(path.read_text())
-        if path.name.startswith("summary-ingest-"):
+        if path.name.startswith("summary-gpu"):
+            summary.gpu[path.name[len("summary-"):-len(".json")]] = data
+        elif path.name.startswith("summary-ingest-"):
             summary.frames_in += data.get("read", 0)
         elif path.name.startswith("summary-egress-"):
             name = path.name[len("summary-egress-"):-len(".json")]

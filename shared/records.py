@@ -12,10 +12,14 @@ def card_slug(card: str) -> str:
     return card.replace(" ", "_").replace("/", "_")
 
 
-def write_result(record: dict, out_dir: str | Path, stem: str) -> Path:
-    """Write a benchmark record as `<out_dir>/<stem>_<UTC time>.json`, making the folder if needed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{stem}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+def write_result(record: dict, out_dir: str | Path, stem: str, path: Path | None = None) -> Path:
+    """Write a benchmark record as `<out_dir>/<stem>_<UTC time>.json`, making the folder if needed.
+
+    `path` (what an earlier call returned) rewrites that file instead: a record that grows as a long run
+    goes on, so a run cut short still leaves what it measured."""
+    if path is None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{stem}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(record, indent=2, default=float))
     return path

@@ -326,6 +326,11 @@ class EngineSettings(_Section):
         "pads to the smallest that fits. Small buckets (e.g. [1, 2, 4]) cut latency for a few live cameras; each "
         "costs one more compile at start-up.",
     )
+    pipeline_depth: int = Field(
+        2, ge=1, le=8,
+        description="Batches queued ahead of the GPU's side stage; the worker keeps at most depth + 1 batches in "
+        "flight. Deeper keeps a fast GPU fed through host hiccups, at the cost of latency under load.",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Default noise seed; a stream's own seed overrides it.")
 
     @field_validator("size")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,20 @@ def test_per_frame_mode_is_exact_and_encodes_every_frame(tiny_bundle, bikes_path
         engine.open_stream("s", "oil painting")
         engine.submit(frames, "s").result()
         assert engine.counters["te_rows"] == 4 and engine.counters["te_cache_hits"] == 0
+
+
+def test_each_batch_after_the_first_says_how_long_the_main_path_stood_idle(tiny_bundle, bikes_path):
+    frames = real_frames(bikes_path, 64, 4)
+    with _engine(tiny_bundle) as engine:
+        engine.open_stream("s", "oil painting")
+        first = engine.submit(frames, "s").result().timings
+        time.sleep(0.2)  # nothing to do: the next batch's gap includes this wait
+        second = engine.submit(frames, "s").result().timings
+    assert "main_gap_ms" not in first  # no previous batch to count from
+    # On the CPU the stages run in turn: the gap is the pause plus this batch's own side path.
+    assert second["main_gap_ms"] >= 200 + second["side_ms"] * 0.99
+    assert 200 <= second["side_lag_ms"] <= second["main_gap_ms"]
+    assert second["side_wait_ms"] == pytest.approx(second["main_gap_ms"], abs=1.0)
 
 
 def test_prompt_change_applies_at_the_next_batch(tiny_bundle, bikes_path):

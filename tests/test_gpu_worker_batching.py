@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from services.gpu.engine import EngineConfig, StreamEngine
-from services.gpu.worker import dispatch_due, engine_config
+from services.gpu.worker import GpuWorker, dispatch_due, engine_config
+from shared.protocol import now
 from shared.settings import load_settings
 
 
@@ -23,6 +27,37 @@ from shared.settings import load_settings
 def test_dispatch_rule(waiting, in_flight, oldest_wait_s, flushing, due):
     assert dispatch_due(waiting, batch=8, in_flight=in_flight, oldest_wait_s=oldest_wait_s, max_wait_s=0.05,
                         flushing=flushing) is due
+
+
+def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0) -> GpuWorker:
+    """A worker with one stream's queue and outputs, without models or sockets: only the dispatch state is read."""
+    worker = object.__new__(GpuWorker)
+    frames = collections.deque(SimpleNamespace(t_ingest=now()) for _ in range(queued))
+    stream = SimpleNamespace(queue=frames, outputs=collections.deque([None] * outputs), ending=False)
+    worker.streams = {"s": stream} if queued or outputs else {}
+    worker.batch, worker.max_wait, worker.draining, worker.in_flight = 8, 0.05, False, in_flight
+    worker.engine = SimpleNamespace(config=SimpleNamespace(pipeline_depth=2))
+    return worker
+
+
+@pytest.mark.parametrize(
+    ("queued", "outputs", "in_flight", "block"),
+    [
+        (0, 0, 0, "no_frames"),
+        (3, 8, 1, "output_full"),  # a batch of outputs waits for egress: this stream takes no more
+        (8, 0, 3, "in_flight"),  # depth 2 + 1 batches on the GPU already
+        (3, 0, 1, "filling"),  # young frames, busy GPU: wait for company
+        (8, 7, 2, None),  # a full batch goes
+    ],
+)
+def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, block):
+    assert _stub_worker(queued, outputs, in_flight)._dispatch_block() == block
+
+
+def test_settings_pipeline_depth_reaches_the_engine():
+    settings = load_settings(None, env={}, overrides={"engine.pipeline_depth": 4})
+    assert engine_config(settings, cuda=True).pipeline_depth == 4
+    assert engine_config(load_settings(None, env={}), cuda=True).pipeline_depth == 2
 
 
 def test_settings_buckets_reach_the_engine():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,8 @@ def test_run_writes_every_frame_in_order_and_cleans_up(tmp_path, short_clip, tin
     assert f"frames in {FRAMES}, out {FRAMES}, dropped 0" in result.stdout
     assert "end-to-end latency p50" in result.stdout
     assert "RANDOM WEIGHTS" in result.stdout  # never presented as a stylisation
+    gpu = re.search(r"gpu: (\d+) frames in (\d+) batches", result.stdout)  # the GPU worker's own account
+    assert gpu and int(gpu[1]) == FRAMES and FRAMES / BATCH <= int(gpu[2]) <= FRAMES, result.stdout
     written, codec = decode_video(out)
     assert codec == "h264" and written.shape == (FRAMES, SIZE, SIZE, 3)
     if shutil.which("ffprobe"):

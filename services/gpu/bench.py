@@ -163,8 +163,19 @@ def run_engine(engine: StreamEngine, clip: str, prompt: str, frames_total: int, 
                     "wall_over_max": _percentile(walls, 50) / max(side, main) if max(side, main) else None},
         "latency_ms_p50": _percentile(comp.get("latency_ms", []), 50),
         "latency_ms_p95": _percentile(comp.get("latency_ms", []), 95),
-        **per_frame, "refreshes": engine.counters["refreshes"],
+        **per_frame, **gap_summary(comp), "refreshes": engine.counters["refreshes"],
     }
+
+
+def gap_summary(timings: dict[str, list[float]]) -> dict[str, float]:
+    """Mean and p50 of the main path's idle time between batches and of its causes (StreamEngine._gap_timings)."""
+    out = {}
+    for key in ("main_gap_ms", "side_wait_ms", "side_lag_ms"):
+        values = timings.get(key) or []
+        if values:
+            out[f"{key}_mean"] = float(np.mean(values))
+            out[f"{key}_p50"] = _percentile(values, 50)
+    return out
 
 
 def bench(profile: str, clip: str, prompt: str, config: EngineConfig, device: str = "auto", frames: int = 480,

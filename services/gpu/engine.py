@@ -168,6 +168,7 @@ class StreamEngine:
         self._graphs: dict[tuple, CapturedCall] = {}
         self._pools: dict[str, object] = {}
         self._adapter_rows: tuple | None = None
+        self._prev_main_end = None  # the previous batch's last main-stage mark: where the gap to the next is counted from
         self._lock = threading.Lock()
         self._closed = False
         self._threads: list[threading.Thread] = []
@@ -407,6 +408,7 @@ class StreamEngine:
         if self.cuda:
             side["done"].synchronize()
         job.timings.update(self._stage_timings(side["events"], side["main_events"]))
+        job.timings.update(self._gap_timings(side["events"], side["main_events"]))
         job.timings["latency_ms"] = (time.perf_counter() - job.t_submit) * 1e3
         job.timings["t_done"] = time.monotonic()
         b = len(job.rows)
@@ -454,16 +456,33 @@ class StreamEngine:
 
     # ---- execution ------------------------------------------------------------------------------------
 
-    def _stage_timings(self, side: list, main: list) -> dict[str, float]:
-        """ms per component from the marks of `_mark`: CUDA events on the GPU, host clocks on the CPU."""
-        def ms(a, b) -> float:
-            return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+    def _ms(self, a, b) -> float:
+        """Milliseconds between two marks of `_mark`: CUDA events on the GPU, host clocks on the CPU."""
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
 
+    def _stage_timings(self, side: list, main: list) -> dict[str, float]:
+        """ms per component from the marks of `_mark`."""
+        ms = self._ms
         return {
             "vae_encode_ms": ms(side[0], side[1]), "text_encoder_ms": ms(side[1], side[2]), "side_ms": ms(side[0], side[2]),
             "refresh_ms": ms(main[0], main[1]), "unet_ms": ms(main[1], main[2]), "decode_ms": ms(main[2], main[3]),
             "main_ms": ms(main[0], main[3]),
         }
+
+    def _gap_timings(self, side: list, main: list) -> dict[str, float]:
+        """How long the main path stood idle before this batch, and why (runs in batch order).
+
+        main_gap_ms: previous batch's main end → this batch's main start. side_wait_ms: the part of it spent
+        waiting for this batch's side path; side_lag_ms: how long after the previous main end this batch's
+        side path began (> 0: the batch arrived late, the feeder is the wall, not the GPU).
+        """
+        prev, self._prev_main_end = self._prev_main_end, main[-1]
+        if prev is None:
+            return {}
+        ms = self._ms
+        gap = ms(prev, main[0])
+        return {"main_gap_ms": gap, "side_wait_ms": min(max(0.0, ms(prev, side[-1])), max(gap, 0.0)),
+                "side_lag_ms": ms(prev, side[0])}
 
     def _run_inline(self, job: _Job) -> None:
         try:

@@ -29,6 +29,7 @@ import torch
 
 from services.gpu.engine import BatchOutput, EngineConfig, EngineError, StreamEngine, release_compile_workers
 from services.gpu.profiles import load_profile
+from services.gpu.worker_stats import WorkerStats
 from shared.bus import wait_readable
 from shared.process import ChildProcess
 from shared.protocol import (
@@ -64,7 +65,7 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
         adapter_weights=str(e.lllite_weights) if e.lllite_weights else None, multiplier=e.lllite_multiplier,
         cond_refresh=e.cond_refresh, te_mode=e.text_encoder_mode, te_refresh=e.text_encoder_refresh,
         encoder_size=e.encoder_image_size, compile=compile_mode, cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
-        buckets=tuple(e.buckets),
+        buckets=tuple(e.buckets), pipeline_depth=e.pipeline_depth,
     )
 
 
@@ -200,6 +201,7 @@ class GpuWorker:
         self.in_flight = 0
         self.next_batch = 0
         self.draining = False
+        self.stats = WorkerStats()
         # Test-only fault injection: pretend every batch takes this much longer (a GPU slower than its sources).
         self.fault_delay_s = float(os.environ.get("STYLECAST_FAULT_GPU_DELAY_MS", "0")) / 1000
         workers = int(os.environ.get("STYLECAST_GPU_WORKERS", "1"))
@@ -327,15 +329,25 @@ class GpuWorker:
             self.proc.dropped(st.name, old.seq, "gpu", "behind")
         self.proc.metrics.queue_depth.labels(st.name, "gpu").set(len(st.queue))
 
-    def _ready_to_dispatch(self) -> bool:
-        waiting = [st for st in self.streams.values() if st.queue and len(st.outputs) < self.batch]
-        if not waiting or self.in_flight >= self.engine.config.pipeline_depth + 1:
-            return False
-        return dispatch_due(
+    def _dispatch_block(self) -> str | None:
+        """Why no batch goes out now (None: one does). The loop adds up the time spent in each state."""
+        queued = [st for st in self.streams.values() if st.queue]
+        if not queued:
+            return "no_frames"
+        waiting = [st for st in queued if len(st.outputs) < self.batch]
+        if not waiting:
+            return "output_full"  # every stream with frames waits for its egress to make room
+        if self.in_flight >= self.engine.config.pipeline_depth + 1:
+            return "in_flight"
+        due = dispatch_due(
             waiting=sum(len(st.queue) for st in waiting), batch=self.batch, in_flight=self.in_flight,
             oldest_wait_s=now() - min(st.queue[0].t_ingest for st in waiting), max_wait_s=self.max_wait,
             flushing=self.draining or any(st.ending for st in waiting),
         )
+        return None if due else "filling"
+
+    def _ready_to_dispatch(self) -> bool:
+        return self._dispatch_block() is None
 
     def _dispatch(self) -> None:
         while self._ready_to_dispatch():
@@ -439,6 +451,7 @@ class GpuWorker:
                 st.refreshes_seen = engine_state.refreshes
         self.proc.metrics.batch_wall.labels(self.device, "side").observe(timings.get("side_ms", 0.0) / 1000)
         self.proc.metrics.batch_wall.labels(self.device, "main").observe(timings.get("main_ms", 0.0) / 1000)
+        self.stats.batch(len(meta.rows), out.bucket, timings)
 
     def _write_out(self, st: WorkerStream) -> None:
         while st.outputs:
@@ -499,8 +512,10 @@ class GpuWorker:
                         self._handle_frame(msg)
             self._collect()
             self._dispatch()
+            self.stats.state(self._dispatch_block(), busy=bool(self.in_flight))
             if self.device.startswith("cuda"):
                 self.proc.metrics.gpu_memory.labels(self.device, "allocated").set(torch.cuda.memory_allocated())
         self.engine.close()
         self.flows.close()
+        self.proc.write_summary(self.stats.summary())
         return 0
