@@ -90,7 +90,7 @@ def main() -> int:
         "clip": Path(args.clip).name, "config": engine["config"],
         "engine": {k: v for k, v in engine["engine"].items()
                    if k in ("fps", "frames", "wall_s", "batch_wall_ms_p50", "batch_wall_ms_p95", "side_ms_p50", "main_ms_p50")
-                   or k.startswith(("main_gap", "side_wait", "side_lag"))},
+                   or k.startswith(("main_gap", "side_wait", "side_lag", "refresh_ms_"))},
         "service": service_record(service, engine),
     }
     record["service_over_engine"] = service.fps / engine["engine"]["fps"]

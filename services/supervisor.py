@@ -413,10 +413,8 @@ class Supervisor:
         if cfg.name in self.streams:
             self._drop_stream(cfg.name)
         fps, count = probed or self.probe(cfg)
-        s, svc = self.settings.engine.size, self.settings.service
-        # Room for the batches in flight (frames are released only once written out, so a restarted GPU
-        # worker can redo them), the next batch filling, and the flow source kept one batch longer.
-        slots = max(svc.ring_slots, 5 * self.settings.engine.batch + 2)
+        s = self.settings.engine.size
+        slots = self.settings.stream_ring_slots()
         run = self.run.run_id
         rec = StreamRecord(cfg, fps, count, worker=self._pick_worker())
         gpu = _indexed("gpu", rec.worker)

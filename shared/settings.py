@@ -652,6 +652,13 @@ class Settings(_Section):
             )
         return self
 
+    def stream_ring_slots(self) -> int:
+        """Slots of each stream's input and output ring: at least `service.ring_slots`, and room for the batches
+        in flight (frames are released only once written out, so a restarted GPU worker can redo them), the
+        next batch filling, one more the egress holds, and the flow source kept one batch longer."""
+        in_flight = self.engine.pipeline_depth + 1
+        return max(self.service.ring_slots, (in_flight + 2) * self.engine.batch + 2)
+
     def stream(self, name: str) -> StreamSettings:
         """The stream called `name` (KeyError naming it if absent)."""
         for stream in self.streams:

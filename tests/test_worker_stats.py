@@ -38,6 +38,10 @@ def test_batch_timings_summarise_to_percentiles_and_cadence():
     assert summary["main_gap_ms_p50"] == pytest.approx(2.0)  # the oldest batch fell out of the window
     assert summary["cadence_ms_p50"] == pytest.approx(50.0)
     assert "side_lag_ms_p50" not in summary  # never measured, never reported
+    series = summary["series"]
+    assert series["columns"][:4] == ("rows", "t_done", "side_ms", "main_ms")
+    assert [row[:2] for row in series["rows"]] == [[8, 0.0], [4, 50.0], [8, 100.0]]  # ms since the first kept batch
+    assert series["rows"][0][series["columns"].index("main_gap_ms")] == 1.0
 
 
 def test_no_batches_no_figures():

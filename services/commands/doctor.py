@@ -302,7 +302,7 @@ def ring_bytes(slots: int, shape: tuple[int, ...], itemsize: int) -> int:
 def stream_shm_bytes(settings) -> int:
     """Shared memory one stream takes: input, output and flow rings, sized as the supervisor sizes them."""
     size, batch = settings.engine.size, settings.engine.batch
-    slots = max(settings.service.ring_slots, 2 * batch + 2)
+    slots = settings.stream_ring_slots()
     return (2 * ring_bytes(slots, (size, size, 3), 1)) + ring_bytes(2 * batch, (size, size, 2), 4)
 
 

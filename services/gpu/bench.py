@@ -168,9 +168,10 @@ def run_engine(engine: StreamEngine, clip: str, prompt: str, frames_total: int, 
 
 
 def gap_summary(timings: dict[str, list[float]]) -> dict[str, float]:
-    """Mean and p50 of the main path's idle time between batches and of its causes (StreamEngine._gap_timings)."""
+    """Mean and p50 of the main path's idle time between batches and of its causes (StreamEngine._gap_timings),
+    and of its refresh step (which waits for the flows on refresh batches)."""
     out = {}
-    for key in ("main_gap_ms", "side_wait_ms", "side_lag_ms"):
+    for key in ("main_gap_ms", "side_wait_ms", "side_lag_ms", "refresh_ms"):
         values = timings.get(key) or []
         if values:
             out[f"{key}_mean"] = float(np.mean(values))

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-BATCH_KEYS = ("side_ms", "main_ms", "main_gap_ms", "side_wait_ms", "side_lag_ms")
+BATCH_KEYS = ("side_ms", "main_ms", "refresh_ms", "main_gap_ms", "side_wait_ms", "side_lag_ms")
+SERIES = 256  # the last batches' timings, one row each, kept in the summary (where the outliers are)
 
 
 class WorkerStats:
@@ -53,4 +54,10 @@ class WorkerStats:
         done = [b["t_done"] for b in recent if b.get("t_done") is not None]
         if len(done) > 1:
             out["cadence_ms_p50"] = float(np.percentile(np.diff(done), 50) * 1e3)
+        last = recent[-SERIES:]
+        columns = ("rows", "t_done", *BATCH_KEYS)
+        t0 = next((b["t_done"] for b in last if b.get("t_done") is not None), 0.0)
+        out["series"] = {"columns": columns, "rows": [
+            [b["rows"], round((b["t_done"] - t0) * 1e3, 1) if b.get("t_done") is not None else None,
+             *(round(b[k], 2) if k in b else None for k in BATCH_KEYS)] for b in last]}
         return out
