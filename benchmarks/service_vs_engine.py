@@ -49,6 +49,7 @@ def run_service(args, overrides: dict):
         sinks = [] if overrides.pop("sinks", None) == "none" else [{"type": "mp4", "target": str(Path(tmp) / "out.mp4")}]
         settings = load_settings(None, overrides={
             "model.profile": args.profile, "engine.size": args.size, "engine.batch": args.batch,
+            "engine.refresh_on_scene_cut": args.scene_cuts,
             "streams": [{"name": "bench", "source": args.clip, "prompt": args.prompt, "sinks": sinks}], **overrides,
         })
         return run_pipeline(settings, progress=False)
@@ -72,13 +73,17 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt", default="make it an oil painting")
     parser.add_argument("--naive-frames", type=int, default=4, help="frames of the naive 4-step pipeline (0: skip it)")
+    parser.add_argument("--scene-cuts", action="store_true",
+                        help="refresh the conditioning at scene cuts too, in both the engine and the service "
+                             "(off: the paper's periodic schedule only, the issue's champion settings)")
     parser.add_argument("--variant", action="append", default=[], metavar="'NAME KEY=VALUE ...'",
                         help="also run the service with these settings (e.g. 'ring128 service.ring_slots=128'; "
                              "'nosink sinks=none' writes no output file); repeatable")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     variants = [parse_variant(text) for text in args.variant]
-    engine = bench(args.profile, args.clip, args.prompt, EngineConfig(size=args.size, batch=args.batch),
+    engine = bench(args.profile, args.clip, args.prompt,
+                   EngineConfig(size=args.size, batch=args.batch, refresh_on_scene_cut=args.scene_cuts),
                    frames=args.frames, naive_steps=(4,) if args.naive_frames else (), naive_frames=args.naive_frames + 1,
                    out_dir=None)
     service = in_child(run_service, args, {})
@@ -89,7 +94,8 @@ def main() -> int:
            if k in engine},
         "clip": Path(args.clip).name, "config": engine["config"],
         "engine": {k: v for k, v in engine["engine"].items()
-                   if k in ("fps", "frames", "wall_s", "batch_wall_ms_p50", "batch_wall_ms_p95", "side_ms_p50", "main_ms_p50")
+                   if k in ("fps", "frames", "wall_s", "batch_wall_ms_p50", "batch_wall_ms_p95", "side_ms_p50", "main_ms_p50",
+                            "refreshes")
                    or k.startswith(("main_gap", "side_wait", "side_lag", "refresh_ms_"))},
         "service": service_record(service, engine),
     }

@@ -302,6 +302,11 @@ class EngineSettings(_Section):
         1.0, ge=0.0, le=10.0, allow_inf_nan=False, description="Scale of the LLLite residual added to hooked layers."
     )
     cond_refresh: int = Field(8, ge=1, description="Rebuild the LLLite conditioning every N batches (N >= 1).")
+    refresh_on_scene_cut: bool = Field(
+        True,
+        description="Also rebuild it at a scene cut that ingest detects in a stream, and in the batch after (the "
+        "paper's recommendation). Each refresh waits for optical flows; off gives the paper's periodic schedule only.",
+    )
     text_encoder_mode: Literal["per_frame", "batch_one", "refresh_every"] = Field(
         "per_frame",
         description="Text-encoder use: per_frame (exact), batch_one (one representative frame per batch, "

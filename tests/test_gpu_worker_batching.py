@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from services.gpu.engine import EngineConfig, StreamEngine
-from services.gpu.worker import GpuWorker, dispatch_due, engine_config
-from shared.protocol import now
+from services.gpu.worker import GpuWorker, dispatch_due, engine_config, refresh_flags
+from shared.protocol import FrameFlags, now
 from shared.settings import load_settings
 
 
@@ -52,6 +52,13 @@ def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0) -> GpuWorker
 )
 def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, block):
     assert _stub_worker(queued, outputs, in_flight)._dispatch_block() == block
+
+
+def test_scene_cuts_refresh_only_when_configured_and_gaps_always():
+    on = refresh_flags(load_settings(None, env={}))
+    off = refresh_flags(load_settings(None, env={}, overrides={"engine.refresh_on_scene_cut": False}))
+    assert on & FrameFlags.SCENE_CUT and on & FrameFlags.DISCONTINUITY
+    assert not off & FrameFlags.SCENE_CUT and off & FrameFlags.DISCONTINUITY
 
 
 def test_settings_pipeline_depth_reaches_the_engine():

@@ -178,6 +178,14 @@ def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float,
     return waiting >= batch or in_flight == 0 or oldest_wait_s >= max_wait_s or flushing
 
 
+def refresh_flags(settings: Settings) -> FrameFlags:
+    """Frame flags that make the worker rebuild a stream's conditioning at that batch (and the next).
+
+    A gap always does (the previous output is of another moment); a scene cut when configured to."""
+    cut = FrameFlags.SCENE_CUT if settings.engine.refresh_on_scene_cut else FrameFlags.NONE
+    return FrameFlags.DISCONTINUITY | cut
+
+
 def worker_device(device: str, worker: int, workers: int) -> str:
     """The device GPU worker `worker` runs on: with several workers, one GPU each (cuda:<worker>)."""
     if workers == 1 or device == "cpu":
@@ -202,6 +210,7 @@ class GpuWorker:
         self.next_batch = 0
         self.draining = False
         self.stats = WorkerStats()
+        self.refresh_flags = refresh_flags(s)
         # Test-only fault injection: pretend every batch takes this much longer (a GPU slower than its sources).
         self.fault_delay_s = float(os.environ.get("STYLECAST_FAULT_GPU_DELAY_MS", "0")) / 1000
         workers = int(os.environ.get("STYLECAST_GPU_WORKERS", "1"))
@@ -370,7 +379,7 @@ class GpuWorker:
                     budget -= 1
                 if not msgs:
                     continue
-                if any(m.flags & (FrameFlags.SCENE_CUT | FrameFlags.DISCONTINUITY) for m in msgs):
+                if any(m.flags & self.refresh_flags for m in msgs):
                     self.engine.streams[st.name].force_refresh = True
                 targets = [SlotRef(seq=m.seq, slot=m.slot, generation=m.generation) for m in msgs]
                 refs[st.name] = {"stream": st.name, "source": st.last_ref, "targets": targets}
@@ -517,5 +526,6 @@ class GpuWorker:
                 self.proc.metrics.gpu_memory.labels(self.device, "allocated").set(torch.cuda.memory_allocated())
         self.engine.close()
         self.flows.close()
-        self.proc.write_summary(self.stats.summary())
+        self.proc.write_summary(self.stats.summary() | {"refreshes": self.engine.counters["refreshes"],
+                                                         "refresh_failures": self.engine.counters["refresh_failures"]})
         return 0
