@@ -332,9 +332,10 @@ class EngineSettings(_Section):
         "costs one more compile at start-up.",
     )
     pipeline_depth: int = Field(
-        2, ge=1, le=8,
+        3, ge=1, le=8,
         description="Batches queued ahead of the GPU's side stage; the worker keeps at most depth + 1 batches in "
-        "flight. Deeper keeps a fast GPU fed through host hiccups, at the cost of latency under load.",
+        "flight. Deeper gives a refresh batch's optical flows more time before the GPU needs them, at the cost of "
+        "latency under load (an idle GPU still takes a lone frame at once).",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Default noise seed; a stream's own seed overrides it.")
 

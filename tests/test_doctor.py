@@ -134,7 +134,7 @@ def test_long_runtime_dir_breaks_ipc_sockets(tmp_path: Path) -> None:
 def test_shared_memory_estimate_matches_real_rings(tmp_path: Path) -> None:
     settings = _settings(tmp_path, engine={"size": 64, "batch": 4}, service={"ring_slots": 4})
     slots = settings.stream_ring_slots()  # as the supervisor sizes them
-    assert slots == 5 * 4 + 2  # three batches in flight, one filling, one at egress, the flow source
+    assert slots == 6 * 4 + 2  # four batches in flight (depth 3), one filling, one at egress, the flow source
     run = new_run_id()
     rings = [Ring.create(run, "cam", "in", slots=slots, shape=(64, 64, 3), dtype="u1"),
              Ring.create(run, "cam", "out", slots=slots, shape=(64, 64, 3), dtype="u1"),

@@ -36,7 +36,7 @@ def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0) -> GpuWorker
     stream = SimpleNamespace(queue=frames, outputs=collections.deque([None] * outputs), ending=False)
     worker.streams = {"s": stream} if queued or outputs else {}
     worker.batch, worker.max_wait, worker.draining, worker.in_flight = 8, 0.05, False, in_flight
-    worker.engine = SimpleNamespace(config=SimpleNamespace(pipeline_depth=2))
+    worker.engine = SimpleNamespace(config=SimpleNamespace(pipeline_depth=2))  # at most 3 batches in flight
     return worker
 
 
@@ -64,7 +64,7 @@ def test_scene_cuts_refresh_only_when_configured_and_gaps_always():
 def test_settings_pipeline_depth_reaches_the_engine():
     settings = load_settings(None, env={}, overrides={"engine.pipeline_depth": 4})
     assert engine_config(settings, cuda=True).pipeline_depth == 4
-    assert engine_config(load_settings(None, env={}), cuda=True).pipeline_depth == 2
+    assert engine_config(load_settings(None, env={}), cuda=True).pipeline_depth == 3
 
 
 def test_settings_buckets_reach_the_engine():

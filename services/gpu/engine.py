@@ -84,7 +84,7 @@ class EngineConfig:
     compile: str = "default"  # torch.compile mode of the U-Net (+ adapter) on CUDA; "none" for eager
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
-    pipeline_depth: int = 2  # batches queued ahead of the side stage
+    pipeline_depth: int = 3  # batches queued ahead of the side stage
     flow_workers: int = 8
     flow_timeout_s: float = 10.0  # a refresh whose flow takes longer keeps the previous conditioning
     keep_latents: bool = False  # return final latents too (tests)
