@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from services.gpu.conditioning import FlowPool, warp_on_device
@@ -63,3 +64,11 @@ def test_refresh_conditioning_is_the_warped_previous_output(tiny_bundle, bikes_p
             near = (st.cond[key] - value).abs().mean()
             assert near < 0.01, key
             assert (st.cond[key] - unwarped[key]).abs().mean() > 3 * near, key
+
+
+@pytest.mark.parametrize(("batch", "cpus", "gpu_workers", "threads"),
+                         [(8, 16, 1, 8), (16, 16, 1, 16), (16, 16, 2, 8), (8, 2, 1, 2), (4, 1, 4, 1)])
+def test_flow_process_runs_a_refresh_batch_at_once_within_its_share_of_cores(batch, cpus, gpu_workers, threads):
+    from services.flow.__main__ import flow_threads
+
+    assert flow_threads(batch, cpus, gpu_workers) == threads

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,12 @@ from shared.protocol import FlowReady, FlowRequest, ProcessState, SlotRef
 from shared.ring import Ring, RingError, StaleSlot
 
 log = logging.getLogger("stylecast.flow")
+
+
+def flow_threads(batch: int, cpus: int, gpu_workers: int) -> int:
+    """One thread per frame of a batch, so a refresh's flows all run at once (the GPU waits for them),
+    but no more than this GPU worker's share of the cores."""
+    return max(1, min(batch, cpus // max(1, gpu_workers)))
 
 
 class FlowService:
@@ -70,11 +77,14 @@ class FlowService:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.flow", description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=8, help="Farnebäck threads")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Farnebäck threads (default: one per frame of a batch, within this GPU worker's share of the cores)")
     parser.add_argument("--worker", type=int, default=0, help="the GPU worker this flow process serves")
     args = parser.parse_args(argv)
     with ChildProcess("flow" if args.worker == 0 else f"flow-{args.worker}") as proc:
-        return FlowService(proc, args.workers, args.worker).run()
+        threads = args.workers or flow_threads(proc.settings.engine.batch, os.cpu_count() or 1,
+                                               int(os.environ.get("STYLECAST_GPU_WORKERS", "1")))
+        return FlowService(proc, threads, args.worker).run()
 
 
 if __name__ == "__main__":
