@@ -41,6 +41,8 @@ LATENCY_BUCKETS = (
 # A batch's side or main path: from about a millisecond (tiny/compiled) up to seconds (CPU).
 BATCH_WALL_BUCKETS = (0.001, 0.0025) + LATENCY_BUCKETS
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# The main path's idle time before a batch: ~0.1 ms when the GPU is kept fed, seconds when idle.
+IDLE_BUCKETS = (0.0005, 0.001, 0.0025) + LATENCY_BUCKETS
 
 STAGES = ("ingest", "flow", "gpu", "egress")  # label `stage` of frames_total
 LATENCY_STAGES = ("ingest", "queue", "side", "main", "egress")  # label `stage` of stage_latency_seconds
@@ -88,6 +90,17 @@ class StyleCastMetrics:
         self.batch_wall = Histogram(
             "stylecast_gpu_batch_wall_seconds", "Wall time of a batch's side path (VAE encode + text encoder) and main path (U-Net + decode).",
             ["device", "path"], buckets=BATCH_WALL_BUCKETS, registry=reg,
+        )
+        self.main_idle = Histogram(
+            "stylecast_gpu_main_idle_seconds",
+            "Time the GPU's main path stood idle before a batch (previous batch's main end to this one's main start).",
+            ["device"], buckets=IDLE_BUCKETS, registry=reg,
+        )
+        self.dispatch_wait = Counter(
+            "stylecast_gpu_dispatch_wait_seconds",
+            "Seconds the GPU worker spent not dispatching, by reason: no_frames, filling (waiting for a fuller "
+            "batch), in_flight (the pipeline is full), output_full (egress has no room).",
+            ["device", "reason"], registry=reg,
         )
         # livesum: a queue's depth is only meaningful while its owner lives; several owners add up.
         self.queue_depth = Gauge(

@@ -33,6 +33,9 @@ m.observe_latencies("cam", t_capture=0.0, t_ingest=0.01, t_batch_start=0.02, t_s
 m.batch_size.labels("cuda:0").observe(8)
 for path in ("side", "main"):
     m.batch_wall.labels("cuda:0", path).observe(0.02)
+m.main_idle.labels("cuda:0").observe(0.0001)
+for reason in ("no_frames", "filling", "in_flight", "output_full"):
+    m.dispatch_wait.labels("cuda:0", reason).inc(0.5)
 m.queue_depth.labels("cam", "gpu").set(3)
 m.set_stream_state("cam", "running")
 m.prompt_version.labels("cam").set(1)

@@ -50,6 +50,8 @@ def test_names_units_and_labels() -> None:
     m.observe_latencies("namecheck", t_capture=0.0, t_ingest=0.01, t_batch_start=0.02, t_side_done=0.055, t_main_done=0.08, t_egress_done=0.1)
     m.batch_size.labels("0").observe(8)
     m.batch_wall.labels("0", "side").observe(0.02)
+    m.main_idle.labels("0").observe(0.0001)
+    m.dispatch_wait.labels("0", "in_flight").inc(1.5)
     m.queue_depth.labels("namecheck", "gpu_input").set(4)
     m.set_stream_state("namecheck", "reconnecting")
     m.cond_refreshes.labels("namecheck", "scheduled").inc()
@@ -66,6 +68,8 @@ def test_names_units_and_labels() -> None:
     assert sample(s, "stylecast_end_to_end_latency_seconds_sum", stream="namecheck") == pytest.approx(0.1)
     assert sample(s, "stylecast_gpu_batch_size_count", device="0") == 1
     assert sample(s, "stylecast_gpu_batch_wall_seconds_count", device="0", path="side") == 1
+    assert sample(s, "stylecast_gpu_main_idle_seconds_bucket", device="0", le="0.0005") == 1  # a GPU kept fed
+    assert sample(s, "stylecast_gpu_dispatch_wait_seconds_total", device="0", reason="in_flight") == 1.5
     assert sample(s, "stylecast_queue_depth", stream="namecheck", queue="gpu_input") == 4
     assert sample(s, "stylecast_stream_state", stream="namecheck", state="reconnecting") == 1
     assert sample(s, "stylecast_stream_state", stream="namecheck", state="running") == 0

@@ -17,7 +17,8 @@ class FakeClock:
 
 def test_time_goes_to_the_state_the_worker_was_in():
     clock = FakeClock()
-    stats = WorkerStats(clock=clock)
+    heard = {}
+    stats = WorkerStats(clock=clock, on_wait=lambda reason, s: heard.__setitem__(reason, heard.get(reason, 0) + s))
     for block, busy, dt in [("no_frames", False, 1.0), ("filling", False, 0.25), (None, True, 0.01),
                             ("in_flight", True, 2.0), ("output_full", True, 0.5), ("no_frames", False, 0.0)]:
         stats.state(block, busy)
@@ -27,6 +28,7 @@ def test_time_goes_to_the_state_the_worker_was_in():
     assert summary["wait_s"] == {"dispatching": 0.01, "filling": 0.25, "in_flight": 2.0, "no_frames": 1.0,
                                  "output_full": 0.5}
     assert summary["gpu_idle_s"] == pytest.approx(1.25)  # only the turns with nothing in flight
+    assert heard == pytest.approx(summary["wait_s"])  # what the metrics counter hears, as it happens
 
 
 def test_batch_timings_summarise_to_percentiles_and_cadence():

@@ -209,7 +209,8 @@ class GpuWorker:
         self.in_flight = 0
         self.next_batch = 0
         self.draining = False
-        self.stats = WorkerStats()
+        self.stats = WorkerStats(on_wait=lambda reason, seconds: self.proc.metrics.dispatch_wait.labels(
+            self.device, reason).inc(seconds))
         self.refresh_flags = refresh_flags(s)
         # Test-only fault injection: pretend every batch takes this much longer (a GPU slower than its sources).
         self.fault_delay_s = float(os.environ.get("STYLECAST_FAULT_GPU_DELAY_MS", "0")) / 1000
@@ -460,6 +461,8 @@ class GpuWorker:
                 st.refreshes_seen = engine_state.refreshes
         self.proc.metrics.batch_wall.labels(self.device, "side").observe(timings.get("side_ms", 0.0) / 1000)
         self.proc.metrics.batch_wall.labels(self.device, "main").observe(timings.get("main_ms", 0.0) / 1000)
+        if "main_gap_ms" in timings:
+            self.proc.metrics.main_idle.labels(self.device).observe(max(0.0, timings["main_gap_ms"]) / 1000)
         self.stats.batch(len(meta.rows), out.bucket, timings)
 
     def _write_out(self, st: WorkerStream) -> None:

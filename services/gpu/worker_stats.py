@@ -16,8 +16,10 @@ SERIES = 256  # the last batches' timings, one row each, kept in the summary (wh
 
 
 class WorkerStats:
-    def __init__(self, keep: int = 10_000, clock=time.monotonic):
+    def __init__(self, keep: int = 10_000, clock=time.monotonic, on_wait=None):
+        """`on_wait(reason, seconds)` hears each stretch of time as it is accounted (the worker's metrics)."""
         self.clock = clock
+        self.on_wait = on_wait
         self.batches: collections.deque = collections.deque(maxlen=keep)  # the most recent batches' timings
         self.frames = 0
         self.count = 0
@@ -37,6 +39,8 @@ class WorkerStats:
         if self._last is not None:
             block0, busy0, t0 = self._last
             self.wait_s[block0 or "dispatching"] += t - t0
+            if self.on_wait is not None:
+                self.on_wait(block0 or "dispatching", t - t0)
             if not busy0:
                 self.idle_s += t - t0
         self._last = (block, busy, t)
