@@ -60,6 +60,7 @@ class Egress:
         # Ring slots are released only once every file sink has the frame on disk, so a restarted
         # egress redoes exactly what its predecessor lost (its MP4 segments keep the rest).
         self.unsettled: collections.deque[tuple[int, int]] = collections.deque()  # (frame number, write index)
+        self.next_index = self.ring.released  # the next ring position this egress expects to write
         proc.set_state(ProcessState.READY, self.preview)
 
     def _recover(self) -> None:
@@ -69,25 +70,43 @@ class Egress:
         ring = self.ring
         salvaged = min((getattr(sink, "salvaged_frames", None) for sink in self.sinks
                         if getattr(sink, "salvaged_frames", None) is not None), default=None)
+        self.next_index = ring.released
         skip = max(0, salvaged - ring.released) if salvaged is not None else 0
-        for index in range(ring.released, ring.written):
+        while skip and self.next_index < ring.written:
+            skip -= 1
+            self.next_index += 1
+            ring.release(self.next_index)
+        if self._catch_up(ring.written):
+            log.info("%s: wrote %d frame(s) left in the ring by a previous egress", self.name, self.written)
+
+    def _catch_up(self, upto: int) -> int:
+        """Write the frames at ring positions [next_index, upto) whose messages never came: published before
+        this egress was subscribed (a restart, or a subscription slower than the wait in __init__). The
+        ring keeps them until released; their slot headers hold seq and the stage times."""
+        ring = self.ring
+        caught = 0
+        for index in range(self.next_index, upto):
             slot = index % ring.slots
             try:
                 header = ring.peek(slot)
             except StaleSlot:
-                continue
-            if header is None:
-                continue
-            if skip:
-                skip -= 1
-                ring.release(index + 1)
+                header = None
+            if header is None or ring.write_index(slot, header.generation) != index:
+                # A live stream's frame lapped before it was read. Its seq is gone with it, so it is
+                # counted in the metrics only (an announced frame that lapped is reported with its seq).
+                self.proc.metrics.count_frames(self.name, "egress", "dropped_overwritten")
                 continue
             t_capture, t_ingest, t_start, t_done = header.times
             self._write(Styled(stream=self.name, seq=header.seq, slot=slot, generation=header.generation, batch_id=0,
                                t_capture=t_capture, t_ingest=t_ingest, t_batch_start=t_start, t_side_done=t_start,
                                t_main_done=t_done))
-        if self.written:
-            log.info("%s: wrote %d frame(s) left in the ring by a previous egress", self.name, self.written)
+            caught += 1
+        self.next_index = max(self.next_index, upto)
+        return caught
+
+    def _take_unannounced(self, upto: int) -> None:
+        if caught := self._catch_up(upto):
+            log.warning("%s: wrote %d frame(s) from the ring whose messages never arrived", self.name, caught)
 
     def run(self) -> int:
         self._recover()
@@ -96,6 +115,7 @@ class Egress:
             if msg is None:
                 continue
             if isinstance(msg, StreamState):
+                self._take_unannounced(self.ring.written)  # all the worker wrote comes before its end marker
                 self._close(f"end of stream after {self.written} frames")
                 return 0
             self._write(msg)
@@ -103,6 +123,12 @@ class Egress:
         return 0
 
     def _write(self, msg: Styled) -> None:
+        index = self.ring.write_index(msg.slot, msg.generation)
+        if index < self.next_index:
+            return  # this very write was taken from the ring already, its message came after
+        if index > self.next_index:  # earlier writes were never announced to this egress: they go first
+            self._take_unannounced(index)
+        self.next_index = index + 1
         if msg.seq <= self.last_seq:  # written already (a restarted GPU worker redoes unreleased frames)
             self.proc.dropped(self.name, msg.seq, "egress", "duplicate")
             self.ring.release(self.ring.write_index(msg.slot, msg.generation) + 1)
