@@ -131,14 +131,14 @@ class Egress:
         self.next_index = index + 1
         if msg.seq <= self.last_seq:  # written already (a restarted GPU worker redoes unreleased frames)
             self.proc.dropped(self.name, msg.seq, "egress", "duplicate")
-            self.ring.release(self.ring.write_index(msg.slot, msg.generation) + 1)
+            self.ring.release(index + 1)
             return
         try:
             frame = self.ring.read(msg.slot, msg.generation)
         except StaleSlot:
             self.proc.dropped(self.name, msg.seq, "egress", "overwritten")
             return
-        self.unsettled.append((self.written, self.ring.write_index(msg.slot, msg.generation)))
+        self.unsettled.append((self.written, index))
         for sink in self.sinks:
             if sink.failed:
                 continue

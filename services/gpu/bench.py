@@ -24,6 +24,7 @@ from shared.records import card_slug, write_result
 
 from .engine import EngineConfig, StreamEngine, release_compile_workers
 from .profiles import ModelBundle, load_profile
+from .worker_stats import mean_and_p50
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +171,7 @@ def run_engine(engine: StreamEngine, clip: str, prompt: str, frames_total: int, 
 def gap_summary(timings: dict[str, list[float]]) -> dict[str, float]:
     """Mean and p50 of the main path's idle time between batches and of its causes (StreamEngine._gap_timings),
     and of its refresh step (which waits for the flows on refresh batches)."""
-    out = {}
-    for key in ("main_gap_ms", "side_wait_ms", "side_lag_ms", "refresh_ms"):
-        values = timings.get(key) or []
-        if values:
-            out[f"{key}_mean"] = float(np.mean(values))
-            out[f"{key}_p50"] = _percentile(values, 50)
-    return out
+    return mean_and_p50(timings, ("main_gap_ms", "side_wait_ms", "side_lag_ms", "refresh_ms"))
 
 
 def bench(profile: str, clip: str, prompt: str, config: EngineConfig, device: str = "auto", frames: int = 480,

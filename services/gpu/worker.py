@@ -356,11 +356,9 @@ class GpuWorker:
         )
         return None if due else "filling"
 
-    def _ready_to_dispatch(self) -> bool:
-        return self._dispatch_block() is None
-
-    def _dispatch(self) -> None:
-        while self._ready_to_dispatch():
+    def _dispatch(self) -> str:
+        """Submit batches while one is due; returns why the next one is not (see _dispatch_block)."""
+        while (block := self._dispatch_block()) is None:
             parts, refs, rows = [], {}, []
             budget = self.batch
             for st in sorted((s for s in self.streams.values() if s.queue and len(s.outputs) < self.batch),
@@ -389,7 +387,7 @@ class GpuWorker:
                 st.last_ref = targets[-1]
                 st.in_flight += len(msgs)
             if not parts:
-                return
+                continue  # every frame taken was overwritten (counted): the queues they came from are empty now
             meta = BatchMeta(self.next_batch, rows, {st.name: st.prompt_version for st, _ in rows})
             for name, version in meta.versions.items():  # what the encoder is fed from this batch on
                 self.proc.metrics.prompt_version.labels(name).set(version)
@@ -404,6 +402,7 @@ class GpuWorker:
             self.proc.metrics.batch_size.labels(self.device).observe(len(rows))
             for st in {st.name: st for st, _ in rows}.values():
                 self._release_inputs(st)
+        return block
 
     def _release_inputs(self, st: WorkerStream) -> None:
         """Free input slots once their frames are written out (so a restarted worker can redo the rest),
@@ -523,8 +522,7 @@ class GpuWorker:
                     else:
                         self._handle_frame(msg)
             self._collect()
-            self._dispatch()
-            self.stats.state(self._dispatch_block(), busy=bool(self.in_flight))
+            self.stats.state(self._dispatch(), busy=bool(self.in_flight))
             if self.device.startswith("cuda"):
                 self.proc.metrics.gpu_memory.labels(self.device, "allocated").set(torch.cuda.memory_allocated())
         self.engine.close()

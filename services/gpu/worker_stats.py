@@ -15,6 +15,17 @@ BATCH_KEYS = ("side_ms", "main_ms", "refresh_ms", "main_gap_ms", "side_wait_ms",
 SERIES = 256  # the last batches' timings, one row each, kept in the summary (where the outliers are)
 
 
+def mean_and_p50(series: dict[str, list[float]], keys) -> dict[str, float]:
+    """`<key>_p50` and `<key>_mean` of each of `keys` that has values in `series`."""
+    out = {}
+    for key in keys:
+        values = series.get(key) or []
+        if values:
+            out[f"{key}_p50"] = float(np.percentile(values, 50))
+            out[f"{key}_mean"] = float(np.mean(values))
+    return out
+
+
 class WorkerStats:
     def __init__(self, keep: int = 10_000, clock=time.monotonic, on_wait=None):
         """`on_wait(reason, seconds)` hears each stretch of time as it is accounted (the worker's metrics)."""
@@ -50,11 +61,7 @@ class WorkerStats:
         out: dict = {"batches": self.count, "frames": self.frames,
                      "rows_mean": self.frames / self.count if self.count else None,
                      "wait_s": {k: round(v, 3) for k, v in sorted(self.wait_s.items())}, "gpu_idle_s": round(self.idle_s, 3)}
-        for key in BATCH_KEYS:
-            values = [b[key] for b in recent if key in b]
-            if values:
-                out[f"{key}_p50"] = float(np.percentile(values, 50))
-                out[f"{key}_mean"] = float(np.mean(values))
+        out.update(mean_and_p50({key: [b[key] for b in recent if key in b] for key in BATCH_KEYS}, BATCH_KEYS))
         done = [b["t_done"] for b in recent if b.get("t_done") is not None]
         if len(done) > 1:
             out["cadence_ms_p50"] = float(np.percentile(np.diff(done), 50) * 1e3)
