@@ -54,7 +54,9 @@ def bench(
     refresh: int = typer.Option(8, help="Rebuild the adapter conditioning every N batches."),
     te_mode: str = typer.Option("per_frame", help="per_frame (exact), batch_one or refresh_every (approximations)."),
     te_refresh: int = typer.Option(4, help="N for --te-mode refresh_every."),
-    compile_mode: str = typer.Option("default", "--compile", help="torch.compile mode of the U-Net on CUDA, or none."),
+    compile_mode: str = typer.Option("default", "--compile", help="torch.compile mode on CUDA, or none."),
+    compile_parts: str = typer.Option("unet,text_encoder,vae", help="Comma-separated parts that --compile covers."),
+    channels_last: bool = typer.Option(True, help="Run the VAE's convolutions channels-last on CUDA."),
     graphs: bool = typer.Option(True, help="Capture CUDA graphs per batch bucket."),
     frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
     warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),
@@ -75,6 +77,7 @@ def bench(
     config = EngineConfig(
         size=size or (512 if cuda else 64), batch=batch, steps=steps, hooks=hooks, adapter_weights=adapter,
         cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
+        compile_parts=tuple(p.strip() for p in compile_parts.split(",") if p.strip()), channels_last=channels_last,
     )
     try:
         result = run_bench(

@@ -93,6 +93,7 @@ def test_bad_requests_are_named(tiny_bundle):
 @pytest.mark.parametrize("field,value,message", [
     ("size", 500, "multiple of 64"), ("batch", 0, "out of range"), ("steps", 9, "out of range"),
     ("te_mode", "sometimes", "te_mode"), ("compile", "fast", "compile"),
+    ("compile_parts", ("unet", "scheduler"), r"compile_parts \['scheduler'\] unknown"),
 ])
 def test_bad_config_is_named(tiny_bundle, field, value, message):
     with pytest.raises(EngineError, match=message):

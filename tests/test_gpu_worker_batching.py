@@ -11,7 +11,7 @@ import pytest
 from services.gpu.engine import EngineConfig, StreamEngine
 from services.gpu.worker import GpuWorker, dispatch_due, engine_config, refresh_flags
 from shared.protocol import FrameFlags, now
-from shared.settings import load_settings
+from shared.settings import ConfigError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,16 @@ def test_settings_buckets_reach_the_engine():
     settings = load_settings(None, env={}, overrides={"engine.batch": 8, "engine.buckets": [1, 2, 4]})
     assert engine_config(settings, cuda=True).buckets == (1, 2, 4)
     assert engine_config(load_settings(None, env={}), cuda=True).buckets == ()
+
+
+def test_settings_compile_parts_and_layout_reach_the_engine():
+    default = engine_config(load_settings(None, env={}), cuda=True)
+    assert default.compile_parts == ("unet", "text_encoder", "vae") and default.channels_last
+    settings = load_settings(None, env={}, overrides={"model.compile_parts": ["unet"], "model.channels_last": False})
+    chosen = engine_config(settings, cuda=True)
+    assert chosen.compile_parts == ("unet",) and not chosen.channels_last
+    with pytest.raises(ConfigError, match="compile_parts"):
+        load_settings(None, env={}, overrides={"model.compile_parts": ["unet", "scheduler"]})
 
 
 def test_partial_batches_run_at_the_smallest_bucket_that_fits(tiny_bundle):

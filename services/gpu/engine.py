@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TE_MODES = ("per_frame", "batch_one", "refresh_every")
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
+COMPILE_PARTS = ("unet", "text_encoder", "vae")
 UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)
 
 
@@ -81,7 +82,9 @@ class EngineConfig:
     te_mode: str = "per_frame"  # per_frame (exact) / batch_one / refresh_every (approximations, opt-in)
     te_refresh: int = 4  # N for te_mode=refresh_every
     encoder_size: int = 256  # the frame goes to the text encoder at this size
-    compile: str = "default"  # torch.compile mode of the U-Net (+ adapter) on CUDA; "none" for eager
+    compile: str = "default"  # torch.compile mode on CUDA; "none" for eager
+    compile_parts: tuple[str, ...] = COMPILE_PARTS  # what `compile` covers: fewer parts start faster, run slower
+    channels_last: bool = True  # VAE convolutions in NHWC on CUDA (a layout change only: same arithmetic)
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
     pipeline_depth: int = 3  # batches queued ahead of the side stage
@@ -100,6 +103,8 @@ class EngineConfig:
             raise EngineError(f"te_mode {self.te_mode!r}; use one of {TE_MODES}")
         if self.compile not in COMPILE_MODES:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
+        if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
+            raise EngineError(f"compile_parts {sorted(unknown)} unknown; use some of {COMPILE_PARTS}")
         if self.cond_refresh < 1 or self.te_refresh < 1:
             raise EngineError("cond_refresh and te_refresh must be ≥ 1")
         if self.refresh_on_motion and self.refresh_motion_threshold <= 0:
@@ -154,13 +159,27 @@ class StreamEngine:
             self.adapter.attach("inference")
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
         self._encoder_fn = self.encoder
+        self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
+        if self.cuda and config.channels_last:
+            # TAESD runs 64-channel convolutions at full resolution, where cuDNN's NCHW bf16 kernels transpose
+            # every activation. The uint8 frames arrive NHWC, so the input permute is free, and so is the
+            # decoder's permute back. Weights change layout, not value; the bundle's VAE is shared, so the
+            # naive pipeline in the same process sees it too.
+            bundle.vae.to(memory_format=torch.channels_last)
         if self.compiled:
             allow_recompiles(len(self.buckets) * len(UNET_TOKEN_BUCKETS) * 2)
-            self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
-            # The encoder too (both towers: fused norms, rotary and residuals, 1.8× on an H100 alone);
-            # its once-per-device constants are built first so the traced function only reads them.
-            self.encoder.prepare(self.device, self.dtype)
-            self._encoder_fn = torch.compile(self.encoder.forward, mode=config.compile, dynamic=False, fullgraph=True)
+            parts = set(config.compile_parts)
+            if "unet" in parts:
+                self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
+            if "text_encoder" in parts:
+                # Both towers: fused norms, rotary and residuals, 1.8× on an H100 alone; the once-per-device
+                # constants are built first so the traced function only reads them.
+                self.encoder.prepare(self.device, self.dtype)
+                self._encoder_fn = torch.compile(self.encoder.forward, mode=config.compile, dynamic=False, fullgraph=True)
+            if "vae" in parts:
+                # With the scaling, clamping and uint8 packing around it fused into the convolutions' epilogues.
+                self._vae_encode = torch.compile(self._vae_encode_fn, mode=config.compile, dynamic=False, fullgraph=True)
+                self._decode = torch.compile(self.denoiser.decode, mode=config.compile, dynamic=False, fullgraph=True)
         self.streams: dict[str, StreamState] = {}
         self.refresh_policy = RefreshPolicy.from_config(config)
         self._own_flows = flow_provider is None
@@ -182,8 +201,8 @@ class StreamEngine:
 
     @property
     def compiled(self) -> bool:
-        """Whether torch.compile is in use (CUDA with a compile mode): the U-Net and the text encoder."""
-        return self.cuda and self.config.compile != "none"
+        """Whether torch.compile is in use: CUDA, a compile mode and at least one part to compile."""
+        return self.cuda and self.config.compile != "none" and bool(self.config.compile_parts)
 
     # ---- streams -------------------------------------------------------------------------------------
 
@@ -283,7 +302,7 @@ class StreamEngine:
         noise[b:] = noise[b - 1 : b]
         noise = noise.to(self.device, non_blocking=True).to(self.dtype)
         events = self._mark("side_start")
-        source = self._call(("vae_encode", bucket), self._vae_encode_fn, frames)
+        source = self._call(("vae_encode", bucket), self._vae_encode, frames)
         events += self._mark("after_vae")
         embeds, mask = self._text_encode(job, frames)
         events += self._mark("side_end")
@@ -390,7 +409,7 @@ class StreamEngine:
         latents = self._call(("denoise", job.bucket, side["embeds"].shape[1]), self.denoiser.denoise,
                              side["noise"], side["source"], side["embeds"], side["mask"])
         events += self._mark("after_unet")
-        image, frames = self._call(("decode", job.bucket), self.denoiser.decode, latents)
+        image, frames = self._call(("decode", job.bucket), self._decode, latents)
         events += self._mark("main_end")
         b = len(job.rows)
         for st, start, end, _, _ in job.segments:

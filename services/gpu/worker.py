@@ -64,7 +64,8 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
         size=e.size, batch=e.batch, steps=e.steps, hooks=e.lllite_hooks,
         adapter_weights=str(e.lllite_weights) if e.lllite_weights else None, multiplier=e.lllite_multiplier,
         cond_refresh=e.cond_refresh, te_mode=e.text_encoder_mode, te_refresh=e.text_encoder_refresh,
-        encoder_size=e.encoder_image_size, compile=compile_mode, cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
+        encoder_size=e.encoder_image_size, compile=compile_mode, compile_parts=tuple(m.compile_parts),
+        channels_last=m.channels_last, cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
         buckets=tuple(e.buckets), pipeline_depth=e.pipeline_depth,
     )
 
