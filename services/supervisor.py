@@ -67,6 +67,16 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _child_setup(nice: int):
+    """The child's pre-exec steps: die with the supervisor, then lower its CPU priority by `nice`."""
+    def setup() -> None:
+        _die_with_parent()
+        if nice:
+            os.nice(nice)
+
+    return setup
+
+
 class SupervisorError(RuntimeError):
     """The service cannot start or a request cannot be served; the message says why."""
 
@@ -78,6 +88,7 @@ class Child:
     args: list[str]
     stream: str | None = None
     worker: int = 0  # the GPU worker this process belongs to or feeds
+    nice: int = 0  # CPU niceness added at start (egress: service.egress_nice)
     popen: subprocess.Popen | None = None
     log_path: Path | None = None
     restarts: int = 0
@@ -212,7 +223,7 @@ class Supervisor:
         logf = open(child.log_path, "ab")
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then drains in order.
         child.popen = subprocess.Popen([sys.executable, "-m", child.module, *child.args], env=env, stdout=logf,
-                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_setup(child.nice))
         logf.close()
         child.started = child.last_heartbeat = time.monotonic()
         child.state, child.finished, child.restart_at = "starting", False, None
@@ -430,7 +441,7 @@ class Supervisor:
             self._request(gpu, AddStream(request_id=self._rid(), stream=cfg))
             worker_arg = ["--worker", str(rec.worker)]
             egress = Child(f"egress-{cfg.name}", "services.egress", ["--stream", cfg.name, "--fps", f"{fps:.6f}", *worker_arg],
-                           stream=cfg.name, worker=rec.worker)
+                           stream=cfg.name, worker=rec.worker, nice=self.settings.service.egress_nice)
             self._spawn(egress)
             self._wait_child_state(egress.name, "ready", 60)
             if start:
