@@ -30,6 +30,11 @@ def resolve_source(source: str) -> str:
     return default_clip(source[len(SAMPLE_PREFIX):]) if source.startswith(SAMPLE_PREFIX) else source
 
 
+def _parts(text: str) -> tuple[str, ...]:
+    """'unet, vae' → ('unet', 'vae'); the engine names any it does not know."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 def _config_error(exc) -> None:
     typer.echo("error: invalid settings:\n  " + "\n  ".join(exc.problems), err=True)
     raise typer.Exit(2) from exc
@@ -56,7 +61,7 @@ def bench(
     te_refresh: int = typer.Option(4, help="N for --te-mode refresh_every."),
     compile_mode: str = typer.Option("default", "--compile", help="torch.compile mode on CUDA, or none."),
     compile_parts: str = typer.Option("unet,text_encoder,vae", help="Comma-separated parts that --compile covers."),
-    channels_last: bool = typer.Option(True, help="Run the VAE's convolutions channels-last on CUDA."),
+    channels_last: str = typer.Option("vae", help="Comma-separated parts (unet, vae) run channels-last on CUDA; '' for none."),
     graphs: bool = typer.Option(True, help="Capture CUDA graphs per batch bucket."),
     frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
     warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),
@@ -77,7 +82,7 @@ def bench(
     config = EngineConfig(
         size=size or (512 if cuda else 64), batch=batch, steps=steps, hooks=hooks, adapter_weights=adapter,
         cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
-        compile_parts=tuple(p.strip() for p in compile_parts.split(",") if p.strip()), channels_last=channels_last,
+        compile_parts=_parts(compile_parts), channels_last=_parts(channels_last),
     )
     try:
         result = run_bench(

@@ -246,8 +246,8 @@ class ModelSettings(_Section):
         description="What compile_mode compiles. Each part costs start-up time per batch bucket (on an H100 about 85 s "
         "for the U-Net and 50 s for the text encoder); leaving one out starts faster and runs it uncompiled.",
     )
-    channels_last: bool = Field(
-        True, description="Run the VAE's convolutions channels-last on CUDA (a memory-layout change; the values are the same)."
+    channels_last: list[Literal["unet", "vae"]] = Field(
+        ["vae"], description="Parts whose convolutions run channels-last on CUDA (a memory-layout change; the values are the same)."
     )
     cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
     gpus: int = Field(

@@ -94,6 +94,7 @@ def test_bad_requests_are_named(tiny_bundle):
     ("size", 500, "multiple of 64"), ("batch", 0, "out of range"), ("steps", 9, "out of range"),
     ("te_mode", "sometimes", "te_mode"), ("compile", "fast", "compile"),
     ("compile_parts", ("unet", "scheduler"), r"compile_parts \['scheduler'\] unknown"),
+    ("channels_last", ("text_encoder",), r"channels_last \['text_encoder'\] unknown"),
 ])
 def test_bad_config_is_named(tiny_bundle, field, value, message):
     with pytest.raises(EngineError, match=message):

@@ -75,10 +75,10 @@ def test_settings_buckets_reach_the_engine():
 
 def test_settings_compile_parts_and_layout_reach_the_engine():
     default = engine_config(load_settings(None, env={}), cuda=True)
-    assert default.compile_parts == ("unet", "text_encoder", "vae") and default.channels_last
-    settings = load_settings(None, env={}, overrides={"model.compile_parts": ["unet"], "model.channels_last": False})
+    assert default.compile_parts == ("unet", "text_encoder", "vae") and default.channels_last == ("vae",)
+    settings = load_settings(None, env={}, overrides={"model.compile_parts": ["unet"], "model.channels_last": ["unet", "vae"]})
     chosen = engine_config(settings, cuda=True)
-    assert chosen.compile_parts == ("unet",) and not chosen.channels_last
+    assert chosen.compile_parts == ("unet",) and chosen.channels_last == ("unet", "vae")
     with pytest.raises(ConfigError, match="compile_parts"):
         load_settings(None, env={}, overrides={"model.compile_parts": ["unet", "scheduler"]})
 

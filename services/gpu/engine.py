@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 TE_MODES = ("per_frame", "batch_one", "refresh_every")
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 COMPILE_PARTS = ("unet", "text_encoder", "vae")
+CHANNELS_LAST_PARTS = ("unet", "vae")
 UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)
 
 
@@ -84,7 +85,7 @@ class EngineConfig:
     encoder_size: int = 256  # the frame goes to the text encoder at this size
     compile: str = "default"  # torch.compile mode on CUDA; "none" for eager
     compile_parts: tuple[str, ...] = COMPILE_PARTS  # what `compile` covers: fewer parts start faster, run slower
-    channels_last: bool = True  # VAE convolutions in NHWC on CUDA (a layout change only: same arithmetic)
+    channels_last: tuple[str, ...] = ("vae",)  # whose convolutions run NHWC on CUDA (a layout change: same arithmetic)
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
     pipeline_depth: int = 3  # batches queued ahead of the side stage
@@ -105,6 +106,8 @@ class EngineConfig:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
             raise EngineError(f"compile_parts {sorted(unknown)} unknown; use some of {COMPILE_PARTS}")
+        if unknown := set(self.channels_last) - set(CHANNELS_LAST_PARTS):
+            raise EngineError(f"channels_last {sorted(unknown)} unknown; use some of {CHANNELS_LAST_PARTS}")
         if self.cond_refresh < 1 or self.te_refresh < 1:
             raise EngineError("cond_refresh and te_refresh must be ≥ 1")
         if self.refresh_on_motion and self.refresh_motion_threshold <= 0:
@@ -160,12 +163,12 @@ class StreamEngine:
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
         self._encoder_fn = self.encoder
         self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
-        if self.cuda and config.channels_last:
+        for part in config.channels_last if self.cuda else ():
             # TAESD runs 64-channel convolutions at full resolution, where cuDNN's NCHW bf16 kernels transpose
             # every activation. The uint8 frames arrive NHWC, so the input permute is free, and so is the
-            # decoder's permute back. Weights change layout, not value; the bundle's VAE is shared, so the
-            # naive pipeline in the same process sees it too.
-            bundle.vae.to(memory_format=torch.channels_last)
+            # decoder's permute back. Weights change layout, not value; the bundle's modules are shared, so
+            # the naive pipeline in the same process sees it too.
+            getattr(bundle, part).to(memory_format=torch.channels_last)
         if self.compiled:
             allow_recompiles(len(self.buckets) * len(UNET_TOKEN_BUCKETS) * 2)
             parts = set(config.compile_parts)
