@@ -331,7 +331,8 @@ class EngineSettings(_Section):
         ge=0.0,
         le=10_000.0,
         allow_inf_nan=False,
-        description="Latency-aware batching: dispatch a partial batch once its oldest frame has waited this long (ms).",
+        description="Latency-aware batching: dispatch a partial batch once its oldest frame has waited this long (ms) "
+        "and at most one batch is on the GPU (an idle GPU takes what waits at once).",
     )
     buckets: list[int] = Field(
         default_factory=list,

@@ -20,7 +20,8 @@ from shared.settings import ConfigError, load_settings
         (8, 2, 0.0, False, True),  # a full batch goes
         (1, 0, 0.0, False, True),  # an idle GPU takes a lone frame at once
         (3, 1, 0.01, False, False),  # busy GPU, young frames: wait for company
-        (3, 2, 0.05, False, True),  # the oldest frame's deadline came
+        (3, 1, 0.05, False, True),  # the oldest frame's deadline came, one batch on the GPU: go before it idles
+        (3, 2, 0.05, False, False),  # deadline past but two batches queued ahead: fill up meanwhile
         (2, 1, 0.0, True, True),  # a stream ends or the service drains: flush what waits
     ],
 )

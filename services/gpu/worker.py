@@ -2,7 +2,7 @@
 
 Frames of all streams arrive on one socket; each stream keeps its own queue. Batches are formed
 latency-aware: dispatch when B frames wait, when nothing is in flight, when the oldest has waited
-`max_batch_wait_ms`, or when a stream ends; frames of several streams share a batch, oldest first,
+`max_batch_wait_ms` and at most one batch is on the GPU, or when a stream ends; frames of several streams share a batch, oldest first,
 each stream's frames in order; a partial batch pads to the smallest configured bucket that fits.
 Finished batches are written to the streams' output rings and announced to their egress processes.
 
@@ -174,9 +174,13 @@ def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float,
     """Whether the frames waiting make a batch now (the caller has checked there is room in the pipeline).
 
     An idle GPU takes what waits at once: a lone camera's frame never waits for company that may not
-    come. Under load, batches fill while earlier ones run, so this costs no throughput.
+    come. Under load, batches fill while earlier ones run, so this costs no throughput. A frame past its
+    deadline goes in a partial batch only while at most one batch is on the GPU: with more queued ahead it
+    would not start sooner, and a partial batch costs a full bucket's work (at B=16 on an H100 the service
+    ran 35 batches of 13.7 frames on average for 480 frames, each at the cost of 16).
     """
-    return waiting >= batch or in_flight == 0 or oldest_wait_s >= max_wait_s or flushing
+    late = oldest_wait_s >= max_wait_s and in_flight <= 1
+    return waiting >= batch or in_flight == 0 or late or flushing
 
 
 def refresh_flags(settings: Settings) -> FrameFlags:
