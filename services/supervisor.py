@@ -67,16 +67,6 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _child_setup(nice: int):
-    """The child's pre-exec steps: die with the supervisor, then lower its CPU priority by `nice`."""
-    def setup() -> None:
-        _die_with_parent()
-        if nice:
-            os.nice(nice)
-
-    return setup
-
-
 class SupervisorError(RuntimeError):
     """The service cannot start or a request cannot be served; the message says why."""
 
@@ -88,7 +78,6 @@ class Child:
     args: list[str]
     stream: str | None = None
     worker: int = 0  # the GPU worker this process belongs to or feeds
-    nice: int = 0  # CPU niceness added at start (egress: service.egress_nice)
     popen: subprocess.Popen | None = None
     log_path: Path | None = None
     restarts: int = 0
@@ -223,7 +212,7 @@ class Supervisor:
         logf = open(child.log_path, "ab")
         # Own session: a Ctrl-C in the terminal reaches the supervisor only, which then drains in order.
         child.popen = subprocess.Popen([sys.executable, "-m", child.module, *child.args], env=env, stdout=logf,
-                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_setup(child.nice))
+                                       stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         logf.close()
         child.started = child.last_heartbeat = time.monotonic()
         child.state, child.finished, child.restart_at = "starting", False, None
@@ -441,7 +430,7 @@ class Supervisor:
             self._request(gpu, AddStream(request_id=self._rid(), stream=cfg))
             worker_arg = ["--worker", str(rec.worker)]
             egress = Child(f"egress-{cfg.name}", "services.egress", ["--stream", cfg.name, "--fps", f"{fps:.6f}", *worker_arg],
-                           stream=cfg.name, worker=rec.worker, nice=self.settings.service.egress_nice)
+                           stream=cfg.name, worker=rec.worker)
             self._spawn(egress)
             self._wait_child_state(egress.name, "ready", 60)
             if start:

@@ -551,11 +551,6 @@ class ServiceSettings(_Section):
     ring_slots: int = Field(
         32, ge=2, le=4096, description="Slots per shared-memory ring (per stream and direction); at least engine.batch."
     )
-    egress_nice: int = Field(
-        10, ge=0, le=19,
-        description="CPU niceness added to each egress process. Encoding has a queue to absorb delay; the flow process "
-        "and the GPU worker do not (a refresh batch waits for its flows), so the encoder yields the cores to them. 0 = equal.",
-    )
     heartbeat_interval_s: float = Field(1.0, gt=0, le=60, allow_inf_nan=False, description="Heartbeat period of every process (s).")
     heartbeat_timeout_s: float = Field(
         5.0, gt=0, le=600, allow_inf_nan=False, description="A process silent this long is restarted (s); > 2 x interval."

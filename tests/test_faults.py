@@ -51,9 +51,6 @@ def test_kill_9_of_a_process_is_survived(tmp_path, clip, victim, reliability):
         at_restart = svc.frames_out("a")
         wait_for(lambda: svc.frames_out("a") >= at_restart + 8, 60, f"stream a to resume after killing {victim}")
         recovery = time.monotonic() - killed
-        if victim == "egress-a":  # the replacement, like the first, yields the CPU to the GPU worker and flows
-            assert os.getpriority(os.PRIO_PROCESS, svc.pid_of("egress-a")) == os.getpriority(os.PRIO_PROCESS, svc.pid_of("gpu")) + 10
-            assert os.getpriority(os.PRIO_PROCESS, svc.pid_of("egress-b")) == os.getpriority(os.PRIO_PROCESS, svc.pid_of("gpu")) + 10
         if victim.endswith("-a"):  # the neighbour never noticed
             assert svc.frames_out("b") > before_b
         assert metric_value(svc.metrics(), "stylecast_process_restarts_total", process=victim) == 1
