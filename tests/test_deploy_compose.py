@@ -239,3 +239,24 @@ def test_every_copy_source_exists_and_reaches_the_build() -> None:
 @pytest.mark.parametrize("name", ["README.md", "CONFIGURATION.md"])
 def test_deploy_documents_exist(name: str) -> None:
     assert (DEPLOY / name).is_file() and (DEPLOY / name).stat().st_size > 0
+
+
+def image_env() -> dict[str, str]:
+    """The Dockerfile's ENV assignments (KEY=VALUE form)."""
+    found = {}
+    for keyword, rest in _instructions():
+        if keyword == "ENV":
+            found.update(pair.split("=", 1) for pair in rest.split() if "=" in pair)
+    return found
+
+
+def test_compile_cache_lives_on_a_named_volume() -> None:
+    """torch.compile's kernels must outlive the container (minutes per batch shape to rebuild on an H100)."""
+    cache = image_env()["TORCHINDUCTOR_CACHE_DIR"]
+    assert cache.startswith("/var/cache/stylecast/")
+    assert f"{cache} " in next(rest for k, rest in _instructions() if k == "RUN" and "install -d" in rest) + " "
+    volumes = _compose()["services"]["stylecast"]["volumes"]
+    named = {v.split(":")[1]: v.split(":")[0] for v in volumes if not v.startswith((".", "/"))}
+    holder = [target for target in named if cache.startswith(target.rstrip("/") + "/")]
+    assert holder, f"no named volume holds {cache}"
+    assert named[holder[0]] in _compose()["volumes"]

@@ -222,3 +222,15 @@ def test_objects_referenced_but_not_shipped_are_documented() -> None:
     readme = (REPO / "deploy" / "README.md").read_text()
     for _, name in EXTERNAL_OBJECTS:
         assert name in readme, f"deploy/README.md must say how to create {name}"
+
+
+def test_compile_cache_is_mounted_where_the_image_puts_it() -> None:
+    from tests.test_deploy_compose import image_env
+
+    cache = image_env()["TORCHINDUCTOR_CACHE_DIR"]
+    container, pod = _container(), _one("StatefulSet")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    holders = [m for m in container["volumeMounts"] if cache.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(holders) == 1 and not holders[0].get("readOnly"), holders
+    assert "emptyDir" in volumes[holders[0]["name"]] or "persistentVolumeClaim" in volumes[holders[0]["name"]]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]  # writable by the service's user
