@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.records import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 RANDOM_ADAPTER_SCALE = 0.2  # random non-zero LLLite weights: an adapter that acts, standing in for a trained one
@@ -271,15 +273,6 @@ def percentile(values, q) -> float | None:
 
 
 # ---- the record -------------------------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device) -> dict:

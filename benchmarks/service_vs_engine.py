@@ -90,7 +90,7 @@ def main() -> int:
     record = {
         "kind": "service_vs_engine", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
-        **{k: engine[k] for k in ("card", "torch", "cuda", "diffusers", "transformers", "profile", "random_weights", "note")
+        **{k: engine[k] for k in ("card", "cpu", "cpu_cores", "torch", "cuda", "diffusers", "transformers", "profile", "random_weights", "note")
            if k in engine},
         "clip": Path(args.clip).name, "config": engine["config"],
         "engine": {k: v for k, v in engine["engine"].items()

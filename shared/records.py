@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from datetime import datetime, timezone
 from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The host's processor model: host-bound figures (the naive pipeline, the service's CPU stages) move with it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict:
+    """What a record says of the host besides the card: processor model and usable cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu_name(), "cpu_cores": cores}
 
 
 def card_slug(card: str) -> str:

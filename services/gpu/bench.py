@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.records import card_slug, write_result
+from shared.records import card_slug, host_info, write_result
 
 from .engine import EngineConfig, StreamEngine, release_compile_workers
 from .profiles import ModelBundle, load_profile
@@ -52,7 +52,7 @@ def _percentile(values, q):
 
 
 def _device_info(device: torch.device) -> dict:
-    info = {"device": str(device), "python": platform.python_version(), "torch": torch.__version__}
+    info = {"device": str(device), "python": platform.python_version(), "torch": torch.__version__, **host_info()}
     import diffusers
     import transformers
 
