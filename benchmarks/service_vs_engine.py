@@ -42,11 +42,20 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def bench_sinks(overrides: dict, folder: str) -> list[dict]:
+    """The run's sinks: one MP4 in `folder`, none for `sinks=none`; `sink.KEY=VALUE` sets the MP4 sink's KEY
+    (preset, crf, encoder_threads). Pops what it uses from `overrides`."""
+    if overrides.pop("sinks", None) == "none":
+        return []
+    options = {key.removeprefix("sink."): overrides.pop(key) for key in [k for k in overrides if k.startswith("sink.")]}
+    return [{"type": "mp4", "target": str(Path(folder) / "out.mp4"), **options}]
+
+
 def run_service(args, overrides: dict):
-    """`stylecast run` on the clip, with an MP4 sink unless the overrides say `sinks=none`."""
+    """`stylecast run` on the clip, with the sinks of `bench_sinks`; other overrides are settings paths."""
     overrides = dict(overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        sinks = [] if overrides.pop("sinks", None) == "none" else [{"type": "mp4", "target": str(Path(tmp) / "out.mp4")}]
+        sinks = bench_sinks(overrides, tmp)
         settings = load_settings(None, overrides={
             "model.profile": args.profile, "engine.size": args.size, "engine.batch": args.batch,
             "engine.refresh_on_scene_cut": args.scene_cuts,

@@ -386,10 +386,22 @@ class SinkSettings(_Section):
         description="mp4: output file (*.mp4); rtsp: rtsp://host[:port]/path to push to; hls: playlist path (*.m3u8), "
         "segments beside it; mjpeg: optional host:port of a standalone preview server (default: served by the API).",
     )
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] | None = Field(
+        None,
+        description="x264 preset of an mp4/rtsp/hls sink (default superfast). Faster presets spend less CPU per frame "
+        "for bigger output; the encoder must keep up with the GPU or the stream falls behind.",
+    )
+    crf: int | None = Field(None, ge=0, le=51, description="x264 constant rate factor of an mp4/rtsp/hls sink (default 20; lower is better).")
+    encoder_threads: int | None = Field(
+        None, ge=1, le=64,
+        description="x264 threads of an mp4/rtsp/hls sink (default 8 frame threads for files, FFmpeg's choice for live pushes).",
+    )
 
     @model_validator(mode="after")
     def _check_target(self) -> SinkSettings:
         raw = self.target.reveal() if self.target is not None else None
+        if self.type == "mjpeg" and (chosen := [f for f in ("preset", "crf", "encoder_threads") if getattr(self, f) is not None]):
+            raise FieldProblem((chosen[0],), "applies to mp4, rtsp and hls sinks; mjpeg has no H.264 encoder")
         if self.type == "mjpeg":
             if raw is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]{1,5}", raw):
                 raise FieldProblem(("target",), f"{redact_url(raw)!r} is not host:port")
@@ -414,6 +426,11 @@ class SinkSettings(_Section):
             raise FieldProblem(("target",), f"'{raw}' is a directory")
         self.target = SecretUrl(str(path.resolve()))
         return self
+
+    def encoder(self) -> dict:
+        """The encoder options set here, as H264Settings fields (what is unset keeps the sink kind's default)."""
+        chosen = {"preset": self.preset, "crf": self.crf, "threads": self.encoder_threads}
+        return {k: v for k, v in chosen.items() if v is not None}
 
     @property
     def is_file(self) -> bool:

@@ -262,6 +262,21 @@ def test_sinks() -> None:
     assert not ok[1].is_file
 
 
+def test_sink_encoder_options(tmp_path: Path) -> None:
+    out = str(tmp_path / "o.mp4")
+    assert SinkSettings(type="mp4", target=out).encoder() == {}  # unset: the sink kind's defaults
+    chosen = SinkSettings(type="mp4", target=out, preset="ultrafast", crf=28, encoder_threads=12)
+    assert chosen.encoder() == {"preset": "ultrafast", "crf": 28, "threads": 12}
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={}, overrides={"streams": [
+            {"name": "a", "source": "rtsp://cam/x", "prompt": "p", "sinks": [{"type": "mjpeg", "preset": "ultrafast"}]}]})
+    assert any("preset" in p and "mjpeg has no H.264 encoder" in p for p in problems(exc))
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={}, overrides={"streams": [
+            {"name": "a", "source": "rtsp://cam/x", "prompt": "p", "sinks": [{"type": "mp4", "target": out, "crf": 60}]}]})
+    assert any("crf" in p for p in problems(exc))
+
+
 # ---- secrets never print ----------------------------------------------------------------------------
 
 

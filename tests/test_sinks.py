@@ -80,6 +80,26 @@ def test_mp4_holds_exactly_the_frames_written_in_order(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed")
+def _x264_options(path: Path) -> dict[str, str]:
+    """The options x264 wrote into its SEI message in the stream ('... options: cabac=1 ... crf=20.0 ...')."""
+    text = path.read_bytes().split(b"options: ", 1)[1].split(b"\x00", 1)[0].decode("ascii", "replace")
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def test_encoder_options_reach_x264_and_the_defaults_stay_otherwise(tmp_path):
+    """The operator's preset / crf / threads go into the encoder; a sink without them keeps the defaults."""
+    chosen, default = tmp_path / "chosen.mp4", tmp_path / "default.mp4"
+    with open_sink("mp4", str(chosen), size=S, fps=25, encoder={"preset": "ultrafast", "crf": 31, "threads": 3}) as sink:
+        write_numbered(sink, 12)
+    with open_sink("mp4", str(default), size=S, fps=25) as sink:
+        write_numbered(sink, 12)
+    got, base = _x264_options(chosen), _x264_options(default)
+    assert (got["crf"], got["threads"], got["cabac"]) == ("31.0", "3", "0")  # ultrafast turns CABAC off
+    assert (base["crf"], base["threads"], base["cabac"]) == ("20.0", "8", "1")
+    assert got["bframes"] == base["bframes"] == "0"  # the MP4 sink's crash-safety setting survives an override
+    assert decoded_numbers(chosen) == list(range(12))
+
+
 def test_mp4_ffprobe_agrees(tmp_path):
     path = tmp_path / "out.mp4"
     with open_sink("mp4", str(path), size=S, fps=25) as sink:

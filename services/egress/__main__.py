@@ -37,7 +37,8 @@ class Egress:
         self.ring = Ring.attach(proc.run.run_id, stream, "out", shape=(size, size, 3), dtype="u1")
         self.styled = proc.bus.socket("SUB", "styled", bind=False, subscribe=(stream,), worker=worker)
         rate = Fraction(fps).limit_denominator(1001)
-        self.sinks = [open_sink(s.type, s.target.reveal() if s.target else "127.0.0.1:0", size=size, fps=rate)
+        self.sinks = [open_sink(s.type, s.target.reveal() if s.target else "127.0.0.1:0", size=size, fps=rate,
+                                **({"encoder": s.encoder()} if s.encoder() else {}))
                       for s in self.cfg.sinks]
         previews = [sink.url for sink in self.sinks if hasattr(sink, "url")]
         # A SUB socket hears only what is published after its subscription reached the publisher:

@@ -30,6 +30,7 @@ class H264Settings:
     gop_frames: int | None = None  # keyframe interval; None → encoder default (250 for x264)
     low_latency: bool = False  # tune=zerolatency: no B-frames or lookahead (live pushes)
     fixed_gop: bool = False  # keyframes only every gop_frames (HLS segments cut exactly there)
+    threads: int | None = None  # encoder threads; None → 8 frame threads (files), FFmpeg's default (low latency)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -72,7 +73,11 @@ def add_h264_stream(container, size: int, fps: float | Fraction, settings: H264S
     codec = stream.codec_context
     if not settings.low_latency:
         codec.thread_type = "AUTO"  # frame threads: throughput for files and HLS; zerolatency keeps slices
-        codec.thread_count = 8  # enough for 512² at the GPU's rate; x264's default (1.5 per core) × streams oversubscribes
+        # 8 by default: x264's own default (1.5 per core) × streams oversubscribes; at B=16 on an H100 host the
+        # encoder of random-weight (noise-like) output was the service's wall, so it can be raised per sink.
+        codec.thread_count = settings.threads or 8
+    elif settings.threads:
+        codec.thread_count = settings.threads
     codec.color_primaries = codec.color_trc = codec.colorspace = _AVCOL_BT709
     codec.color_range = _AVCOL_RANGE_MPEG
     return stream

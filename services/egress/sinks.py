@@ -17,9 +17,9 @@ producing a scrambled video. close() finalises, is idempotent, and is safe after
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 import os
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -99,8 +99,11 @@ class EncodedSink(Sink):
 
     purpose = "H.264 output"
 
-    def __init__(self, target: str, size: int, fps: float | Fraction, settings: H264Settings) -> None:
+    def __init__(self, target: str, size: int, fps: float | Fraction, settings: H264Settings,
+                 encoder: dict | None = None) -> None:
+        """`encoder`: the operator's H264Settings fields (preset, crf, threads) over this sink kind's defaults."""
         super().__init__(target, size, fps)
+        settings = replace(settings, **(encoder or {}))
         self._muxed: set[int] = set()  # frame numbers whose packets went to the output
         self.durable_frames = 0  # frames 0..n-1 are all in the output (what a crash would keep)
         require_encoder(settings.encoder, self.purpose)
@@ -183,7 +186,7 @@ class Mp4Sink(EncodedSink):
     purpose = "MP4 output"
 
     def __init__(self, path: str | os.PathLike, size: int, fps: float | Fraction,
-                 settings: H264Settings | None = None) -> None:
+                 settings: H264Settings | None = None, encoder: dict | None = None) -> None:
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + ".partial")
         check_writable_file(self.path)
@@ -195,7 +198,7 @@ class Mp4Sink(EncodedSink):
         self.segment_path = self.path.with_name(f"{self.path.name}.part{len(self.segments):03d}.ts")
         # No B-frames: packets then come in display order, so what a crash leaves is a clean prefix.
         settings = settings or H264Settings()
-        super().__init__(str(self.path), size, fps, replace(settings, extra={"bf": "0", **settings.extra}))
+        super().__init__(str(self.path), size, fps, replace(settings, extra={"bf": "0", **settings.extra}), encoder)
 
     def _open_container(self):
         try:
@@ -268,13 +271,13 @@ class RtspSink(EncodedSink):
     purpose = "RTSP push"
 
     def __init__(self, url: str, size: int, fps: float | Fraction, settings: H264Settings | None = None,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, encoder: dict | None = None) -> None:
         if not str(url).lower().startswith("rtsp://"):
             raise SinkError(f"rtsp sink: target must be an rtsp:// URL, got {redact_url(str(url))}")
         self._url, self._timeout_s = str(url), timeout_s
         fps_rate = exact_rate(fps)
         settings = settings or H264Settings(low_latency=True, gop_frames=max(1, round(2 * float(fps_rate))))
-        super().__init__(self._url, size, fps, settings)
+        super().__init__(self._url, size, fps, settings, encoder)
 
     def _open_container(self):
         options = {"rtsp_transport": "tcp", "timeout": str(int(self._timeout_s * 1e6))}
@@ -307,7 +310,8 @@ class HlsSink(EncodedSink):
     PLAYLIST = "index.m3u8"
 
     def __init__(self, directory: str | os.PathLike, size: int, fps: float | Fraction,
-                 segment_s: float = 2.0, playlist_size: int = 0, settings: H264Settings | None = None) -> None:
+                 segment_s: float = 2.0, playlist_size: int = 0, settings: H264Settings | None = None,
+                 encoder: dict | None = None) -> None:
         if segment_s <= 0 or playlist_size < 0:
             raise ValueError("segment_s must be positive and playlist_size >= 0")
         target = Path(directory)
@@ -317,7 +321,7 @@ class HlsSink(EncodedSink):
         check_writable_directory(self.directory)
         gop = max(1, round(segment_s * float(exact_rate(fps))))
         settings = settings or H264Settings(low_latency=True, gop_frames=gop, fixed_gop=True)
-        super().__init__(str(self.directory), size, fps, settings)
+        super().__init__(str(self.directory), size, fps, settings, encoder)
 
     def _open_container(self):
         flags = "independent_segments" + ("+delete_segments" if self.playlist_size else "")
@@ -369,7 +373,8 @@ def check_writable_directory(directory: Path) -> None:
 
 
 def open_sink(type: str, target: str, *, size: int, fps: float | Fraction, **options) -> Sink:
-    """Build a sink. `options` go to the sink class: mp4/rtsp/hls take `settings: H264Settings`;
+    """Build a sink. `options` go to the sink class: mp4/rtsp/hls take `settings: H264Settings` and
+    `encoder` (preset / crf / threads over that kind's defaults);
     rtsp `timeout_s`; hls `segment_s`, `playlist_size`; mjpeg `quality`, `max_clients`."""
     kind = str(type).lower()
     if kind == "mp4":
