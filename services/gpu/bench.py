@@ -22,6 +22,7 @@ import torch
 
 from shared.records import card_slug, host_info, write_result
 
+from . import kernel_trace
 from .engine import EngineConfig, StreamEngine, release_compile_workers
 from .profiles import ModelBundle, load_profile
 from .worker_stats import mean_and_p50
@@ -176,7 +177,8 @@ def gap_summary(timings: dict[str, list[float]]) -> dict[str, float]:
 
 def bench(profile: str, clip: str, prompt: str, config: EngineConfig, device: str = "auto", frames: int = 480,
           warmup_batches: int = 3, naive_frames: int = 6, naive_steps: tuple[int, ...] = (4, 1),
-          taesd: str | None = None, out_dir: str | None = "benchmarks/results", tag: str = "") -> dict:
+          taesd: str | None = None, out_dir: str | None = "benchmarks/results", tag: str = "",
+          trace_batches: int = 0) -> dict:
     bundle = load_profile(profile, device, taesd_path=taesd)
     dev = bundle.device
     result = {
@@ -192,6 +194,9 @@ def bench(profile: str, clip: str, prompt: str, config: EngineConfig, device: st
         torch.cuda.reset_peak_memory_stats(dev)
     with StreamEngine(config, bundle) as engine:
         result["engine"] = run_engine(engine, clip, prompt, frames, warmup_batches)
+        if trace_batches:
+            stack = np.stack(list(clip_frames(clip, config.size, trace_batches * config.batch)))
+            result["kernels"] = kernel_trace.trace(engine, list(stack.reshape(trace_batches, config.batch, *stack.shape[1:])), "bench")
         if engine.compiled:
             release_compile_workers()
     if dev.type == "cuda":
@@ -218,6 +223,8 @@ def summary(result: dict) -> str:
     ]
     if "peak_memory_gib" in e:
         lines.append(f"peak GPU memory: {e['peak_memory_gib']:.2f} GiB allocated, {e['peak_reserved_gib']:.2f} GiB reserved")
+    if "kernels" in result:
+        lines.append(kernel_trace.summary(result["kernels"]))
     if "json" in result:
         lines.append(f"recorded: {result['json']}")
     return "\n".join(lines)
