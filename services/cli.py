@@ -63,8 +63,6 @@ def bench(
     compile_parts: str = typer.Option("unet,text_encoder,vae", help="Comma-separated parts that --compile covers."),
     channels_last: str = typer.Option("vae", help="Comma-separated parts (unet, vae) run channels-last on CUDA; '' for none."),
     graphs: bool = typer.Option(True, help="Capture CUDA graphs per batch bucket."),
-    cudnn_benchmark: bool = typer.Option(True, help="Let cuDNN time its convolution algorithms per shape."),
-    main_priority: bool = typer.Option(False, help="Run the main stage on a high-priority CUDA stream."),
     trace_batches: int = typer.Option(0, help="After timing, trace this many batches' kernels (top kernels into the record)."),
     frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
     warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),
@@ -85,8 +83,7 @@ def bench(
     config = EngineConfig(
         size=size or (512 if cuda else 64), batch=batch, steps=steps, hooks=hooks, adapter_weights=adapter,
         cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
-        compile_parts=_parts(compile_parts), channels_last=_parts(channels_last), cudnn_benchmark=cudnn_benchmark,
-        main_priority=main_priority,
+        compile_parts=_parts(compile_parts), channels_last=_parts(channels_last),
     )
     try:
         result = run_bench(

@@ -250,13 +250,6 @@ class ModelSettings(_Section):
         ["vae"], description="Parts whose convolutions run channels-last on CUDA (a memory-layout change; the values are the same)."
     )
     cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
-    cudnn_benchmark: bool = Field(
-        True, description="Let cuDNN time its convolution algorithms once per shape at start-up (CUDA only; process-wide)."
-    )
-    main_stream_priority: bool = Field(
-        False, description="Run the main stage (U-Net, decode) on a high-priority CUDA stream, ahead of the side stage's "
-        "text encoder when both have work queued (CUDA only).",
-    )
     gpus: int = Field(
         1, ge=0, le=64,
         description="GPU workers on this node, one per GPU (cuda:0, cuda:1, ...); 0 = one per visible CUDA GPU. "

@@ -84,14 +84,6 @@ def test_settings_compile_parts_and_layout_reach_the_engine():
         load_settings(None, env={}, overrides={"model.compile_parts": ["unet", "scheduler"]})
 
 
-def test_settings_cudnn_benchmark_and_stream_priority_reach_the_engine():
-    default = engine_config(load_settings(None, env={}), cuda=True)
-    assert default.cudnn_benchmark is True and default.main_priority is False
-    settings = load_settings(None, env={}, overrides={"model.cudnn_benchmark": False, "model.main_stream_priority": True})
-    chosen = engine_config(settings, cuda=True)
-    assert chosen.cudnn_benchmark is False and chosen.main_priority is True
-
-
 def test_partial_batches_run_at_the_smallest_bucket_that_fits(tiny_bundle):
     frames = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
     config = EngineConfig(size=64, batch=4, buckets=(1, 2), hooks="none", compile="none")

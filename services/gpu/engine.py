@@ -87,8 +87,6 @@ class EngineConfig:
     compile_parts: tuple[str, ...] = COMPILE_PARTS  # what `compile` covers: fewer parts start faster, run slower
     channels_last: tuple[str, ...] = ("vae",)  # whose convolutions run NHWC on CUDA (a layout change: same arithmetic)
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
-    cudnn_benchmark: bool = True  # let cuDNN time its convolution algorithms once per shape (CUDA only)
-    main_priority: bool = False  # launch the main stage (U-Net, decode) on a high-priority CUDA stream
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
     pipeline_depth: int = 3  # batches queued ahead of the side stage
     flow_workers: int = 8
@@ -171,10 +169,6 @@ class StreamEngine:
             # decoder's permute back. Weights change layout, not value; the bundle's modules are shared, so
             # the naive pipeline in the same process sees it too.
             getattr(bundle, part).to(memory_format=torch.channels_last)
-        if self.cuda:
-            # Every shape is static, so cuDNN's one-off timing of its convolution algorithms (during the
-            # graphs' warm-up, before capture) pays back on every batch. The flag is process-wide.
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark
         if self.compiled:
             allow_recompiles(len(self.buckets) * len(UNET_TOKEN_BUCKETS) * 2)
             parts = set(config.compile_parts)
@@ -203,9 +197,7 @@ class StreamEngine:
         self.counters = {"batches": 0, "frames": 0, "refreshes": 0, "refresh_failures": 0, "te_rows": 0, "te_cache_hits": 0}
         if self.cuda:
             self.side_stream = torch.cuda.Stream(self.device)
-            # The main stage is the critical path; a high priority lets its blocks go first when both
-            # stages have work queued (lower numbers are higher priorities).
-            self.main_stream = torch.cuda.Stream(self.device, priority=-1 if config.main_priority else 0)
+            self.main_stream = torch.cuda.Stream(self.device)
             self._side_q: queue.Queue = queue.Queue(maxsize=config.pipeline_depth)
             self._main_q: queue.Queue = queue.Queue(maxsize=2)
             self._done_q: queue.Queue = queue.Queue(maxsize=4)
