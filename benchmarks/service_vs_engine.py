@@ -58,7 +58,7 @@ def run_service(args, overrides: dict):
         sinks = bench_sinks(overrides, tmp)
         settings = load_settings(None, overrides={
             "model.profile": args.profile, "engine.size": args.size, "engine.batch": args.batch,
-            "engine.refresh_on_scene_cut": args.scene_cuts,
+            "engine.refresh_on_scene_cut": args.scene_cuts, "engine.flow_backend": args.flow_backend,
             "streams": [{"name": "bench", "source": args.clip, "prompt": args.prompt, "sinks": sinks}], **overrides,
         })
         return run_pipeline(settings, progress=False)
@@ -85,6 +85,8 @@ def main() -> int:
     parser.add_argument("--scene-cuts", action="store_true",
                         help="refresh the conditioning at scene cuts too, in both the engine and the service "
                              "(off: the paper's periodic schedule only, the issue's champion settings)")
+    parser.add_argument("--flow-backend", choices=("opencv", "torch"), default="opencv",
+                        help="where refresh flows run, in both the engine and the service (variants may override it)")
     parser.add_argument("--variant", action="append", default=[], metavar="'NAME KEY=VALUE ...'",
                         help="also run the service with these settings (e.g. 'ring128 service.ring_slots=128'; "
                              "'nosink sinks=none' writes no output file); repeatable")
@@ -92,7 +94,8 @@ def main() -> int:
     args = parser.parse_args()
     variants = [parse_variant(text) for text in args.variant]
     engine = bench(args.profile, args.clip, args.prompt,
-                   EngineConfig(size=args.size, batch=args.batch, refresh_on_scene_cut=args.scene_cuts),
+                   EngineConfig(size=args.size, batch=args.batch, refresh_on_scene_cut=args.scene_cuts,
+                                flow_backend=args.flow_backend),
                    frames=args.frames, naive_steps=(4,) if args.naive_frames else (), naive_frames=args.naive_frames + 1,
                    out_dir=None)
     service = in_child(run_service, args, {})

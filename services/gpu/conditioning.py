@@ -1,7 +1,8 @@
 """Temporal conditioning for the LLLite adapter: the previous output, warped onto each new input.
 
-Flow is Farnebäck on the CPU (cv2 releases the GIL, so a thread pool runs frames in parallel and
-ahead of the GPU); the warp itself runs on the GPU with grid_sample, which with align_corners=True
+Flow is Farnebäck, by default OpenCV's on the CPU (cv2 releases the GIL, so a thread pool runs frames
+in parallel and ahead of the GPU), or the torch version in farneback.py on the engine's device
+(flow_backend "torch": the same algorithm; its flows differ from OpenCV's, see the tests); the warp itself runs on the GPU with grid_sample, which with align_corners=True
 and border padding samples exactly as cv2.remap(INTER_LINEAR, BORDER_REPLICATE).
 """
 
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from shared.flow import backward_flow
+
+from .farneback import backward_flows
 
 
 def warp_on_device(source: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
@@ -30,6 +33,19 @@ def warp_on_device(source: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
     gy = (ys + flows[..., 1]) * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1)
     return F.grid_sample(source.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+class DeviceFlow:
+    """A refresh's flows to compute on the engine's device, from the batch's frames already uploaded there
+    (EngineConfig.flow_backend "torch"): no host cores, no wait for another process."""
+
+    def __init__(self, previous: np.ndarray):
+        self.previous = previous  # (S, S, 3) uint8: the stream's last input before this batch
+
+    def compute(self, currents: torch.Tensor) -> torch.Tensor:
+        """currents (b, S, S, 3) uint8 on the device → backward flows (b, S, S, 2) float32 there."""
+        previous = torch.from_numpy(self.previous).to(currents.device, non_blocking=True)
+        return backward_flows(currents, previous)
 
 
 class FlowPool:

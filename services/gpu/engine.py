@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .conditioning import FlowPool, warp_on_device
+from .conditioning import DeviceFlow, FlowPool, warp_on_device
 from .denoise import EditDenoiser
 from .graphs import CapturedCall
 from .lllite import TemporalLLLite
@@ -41,6 +41,7 @@ from .streams import StreamState, frame_noise
 log = logging.getLogger(__name__)
 
 TE_MODES = ("per_frame", "batch_one", "refresh_every")
+FLOW_BACKENDS = ("opencv", "torch")
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 COMPILE_PARTS = ("unet", "text_encoder", "vae")
 CHANNELS_LAST_PARTS = ("unet", "vae")
@@ -90,6 +91,7 @@ class EngineConfig:
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
     pipeline_depth: int = 3  # batches queued ahead of the side stage
     flow_workers: int = 8
+    flow_backend: str = "opencv"  # opencv: host threads (or the flow process); torch: on the engine's device (see farneback.py)
     flow_timeout_s: float = 10.0  # a refresh whose flow takes longer keeps the previous conditioning
     keep_latents: bool = False  # return final latents too (tests)
 
@@ -100,6 +102,8 @@ class EngineConfig:
             raise EngineError(f"batch {self.batch} out of range 1..64")
         if not 1 <= self.steps <= 8:
             raise EngineError(f"steps {self.steps} out of range 1..8")
+        if self.flow_backend not in FLOW_BACKENDS:
+            raise EngineError(f"flow_backend {self.flow_backend!r}; use one of {FLOW_BACKENDS}")
         if self.te_mode not in TE_MODES:
             raise EngineError(f"te_mode {self.te_mode!r}; use one of {TE_MODES}")
         if self.compile not in COMPILE_MODES:
@@ -258,7 +262,11 @@ class StreamEngine:
                 start = len(rows)
                 rows += [(st, st.next_index + i) for i in range(len(frames))]
                 refresh = self.adapter is not None and self.refresh_policy.decide(st, frames) is not None
-                flow = self.flows.submit(st.last_input, frames, refs=(refs or {}).get(name)) if refresh else None
+                flow = None
+                if refresh and cfg.flow_backend == "torch":
+                    flow = DeviceFlow(st.last_input)  # computed on the main stream from the uploaded frames
+                elif refresh:
+                    flow = self.flows.submit(st.last_input, frames, refs=(refs or {}).get(name))
                 segments.append((st, start, len(rows), refresh, flow))
                 st.next_index += len(frames)
                 st.batches += 1
@@ -309,7 +317,7 @@ class StreamEngine:
         events += self._mark("after_vae")
         embeds, mask = self._text_encode(job, frames)
         events += self._mark("side_end")
-        job.side = {"source": source, "embeds": embeds, "mask": mask, "noise": noise, "events": events}
+        job.side = {"source": source, "embeds": embeds, "mask": mask, "noise": noise, "events": events, "frames": frames}
         job.timings["side_host_ms"] = (time.perf_counter() - t0) * 1e3
 
     def _vae_encode_fn(self, frames_u8: torch.Tensor) -> torch.Tensor:
@@ -366,19 +374,22 @@ class StreamEngine:
             return embeds, mask
         return F.pad(embeds, (0, 0, 0, target - length)), F.pad(mask, (0, target - length))
 
-    def _refresh(self, st: StreamState, start: int, end: int, flow_future) -> None:
+    def _refresh(self, st: StreamState, start: int, end: int, flow_future, frames: torch.Tensor) -> None:
         """Warp the stream's previous output onto each new input and rebuild its adapter embedding.
 
         A refresh whose flow failed (e.g. a live source overwrote the frames) keeps the previous
         conditioning; it is logged and counted, never silent.
         """
-        try:
-            flows = flow_future.result(timeout=self.config.flow_timeout_s)
-        except Exception as exc:
-            log.warning("stream %s: conditioning refresh skipped, flow failed: %s", st.name, exc)
-            self.counters["refresh_failures"] += 1
-            return
-        flows = torch.from_numpy(flows).to(self.device, non_blocking=True)
+        if isinstance(flow_future, DeviceFlow):
+            flows = flow_future.compute(frames[start:end])
+        else:
+            try:
+                flows = flow_future.result(timeout=self.config.flow_timeout_s)
+            except Exception as exc:
+                log.warning("stream %s: conditioning refresh skipped, flow failed: %s", st.name, exc)
+                self.counters["refresh_failures"] += 1
+                return
+            flows = torch.from_numpy(flows).to(self.device, non_blocking=True)
         cond = warp_on_device(st.last_output, flows).to(self.dtype)
         st.cond = self.adapter.compute_embeddings(cond)
         st.cond_version += 1
@@ -406,7 +417,7 @@ class StreamEngine:
         if self.adapter is not None:
             for st, start, end, refresh, flow in job.segments:
                 if refresh:
-                    self._refresh(st, start, end, flow)
+                    self._refresh(st, start, end, flow, side["frames"])
             self._write_adapter_rows(job)
         events += self._mark("after_refresh")
         latents = self._call(("denoise", job.bucket, side["embeds"].shape[1]), self.denoiser.denoise,
