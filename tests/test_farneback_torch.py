@@ -73,3 +73,49 @@ def test_engine_refreshes_with_torch_flows(tiny_bundle, bikes_path):
 def test_an_unknown_flow_backend_is_named(tiny_bundle):
     with pytest.raises(EngineError, match="flow_backend 'gpu'"):
         EngineConfig(flow_backend="gpu").validate()
+
+
+def test_flows_trace_as_one_graph_equal_to_eager(bikes_path):
+    """The engine compiles backward_flows with fullgraph=True on CUDA: nothing in it may break the graph."""
+    import torch._dynamo
+
+    frames = torch.from_numpy(real_frames(bikes_path, size=64, count=3))
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        traced = torch.compile(backward_flows, backend=counting, dynamic=False, fullgraph=True)
+        got = traced(frames[1:], frames[0])
+        traced(frames[1:], frames[0])
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+    torch.testing.assert_close(got, backward_flows(frames[1:], frames[0]), rtol=1e-5, atol=1e-4)
+
+
+def test_engine_pads_a_streams_rows_to_one_flow_shape(tiny_bundle, bikes_path):
+    frames = real_frames(bikes_path, size=64, count=6)
+    config = EngineConfig(size=64, batch=4, cond_refresh=1, hooks="down_blocks", compile="none", flow_backend="torch")
+    with StreamEngine(config, tiny_bundle) as engine:
+        shapes = []
+        original = engine._flow_fn
+        engine._flow_fn = lambda cur, prev: shapes.append(tuple(cur.shape)) or original(cur, prev)
+        engine.open_stream("a", "make it an oil painting")
+        engine.open_stream("b", "make it a watercolour")
+        engine.submit_mixed([("a", frames[:2]), ("b", frames[2:3])]).result()
+        out = engine.submit_mixed([("a", frames[3:5]), ("b", frames[5:6])]).result()
+    assert shapes == [(4, 64, 64, 3), (4, 64, 64, 3)]  # two streams' refreshes (2 rows, 1 row), one shape
+    assert out.frames.shape == (3, 64, 64, 3) and engine.counters["refreshes"] == 2
+
+
+@pytest.mark.gpu
+def test_flows_on_cuda_match_the_cpu(bikes_path):
+    frames = torch.from_numpy(real_frames(bikes_path, size=256, count=5, start=40))
+    cpu = backward_flows(frames[1:], frames[0])
+    cuda = backward_flows(frames[1:].cuda(), frames[0].cuda()).cpu()
+    epe = (cuda - cpu).norm(dim=-1)
+    assert epe.median() < 1e-3 and epe.mean() < 0.05  # float32 on both; textureless spots may differ more

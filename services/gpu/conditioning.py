@@ -17,8 +17,6 @@ import torch.nn.functional as F
 
 from shared.flow import backward_flow
 
-from .farneback import backward_flows
-
 
 def warp_on_device(source: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
     """source (3, H, W) or (B, 3, H, W); flows (B, H, W, 2) backward flow in pixels → (B, 3, H, W)."""
@@ -36,16 +34,11 @@ def warp_on_device(source: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
 
 
 class DeviceFlow:
-    """A refresh's flows to compute on the engine's device, from the batch's frames already uploaded there
-    (EngineConfig.flow_backend "torch"): no host cores, no wait for another process."""
+    """A refresh whose flows the engine computes on its device (EngineConfig.flow_backend "torch"), from
+    the batch's frames already uploaded there: no host cores, no wait for another process."""
 
     def __init__(self, previous: np.ndarray):
         self.previous = previous  # (S, S, 3) uint8: the stream's last input before this batch
-
-    def compute(self, currents: torch.Tensor) -> torch.Tensor:
-        """currents (b, S, S, 3) uint8 on the device → backward flows (b, S, S, 2) float32 there."""
-        previous = torch.from_numpy(self.previous).to(currents.device, non_blocking=True)
-        return backward_flows(currents, previous)
 
 
 class FlowPool:

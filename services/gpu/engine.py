@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .conditioning import DeviceFlow, FlowPool, warp_on_device
 from .denoise import EditDenoiser
+from .farneback import backward_flows
 from .graphs import CapturedCall
 from .lllite import TemporalLLLite
 from .profiles import ModelBundle
@@ -167,6 +168,7 @@ class StreamEngine:
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
         self._encoder_fn = self.encoder
         self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
+        self._flow_fn = backward_flows
         for part in config.channels_last if self.cuda else ():
             # TAESD runs 64-channel convolutions at full resolution, where cuDNN's NCHW bf16 kernels transpose
             # every activation. The uint8 frames arrive NHWC, so the input permute is free, and so is the
@@ -187,6 +189,9 @@ class StreamEngine:
                 # With the scaling, clamping and uint8 packing around it fused into the convolutions' epilogues.
                 self._vae_encode = torch.compile(self._vae_encode_fn, mode=config.compile, dynamic=False, fullgraph=True)
                 self._decode = torch.compile(self.denoiser.decode, mode=config.compile, dynamic=False, fullgraph=True)
+            if config.flow_backend == "torch":
+                # ≈ 600 small kernels eager (48 ms for 16 frames at 512² on an H100, more beside the side stage).
+                self._flow_fn = torch.compile(backward_flows, mode=config.compile, dynamic=False, fullgraph=True)
         self.streams: dict[str, StreamState] = {}
         self.refresh_policy = RefreshPolicy.from_config(config)
         self._own_flows = flow_provider is None
@@ -381,7 +386,7 @@ class StreamEngine:
         conditioning; it is logged and counted, never silent.
         """
         if isinstance(flow_future, DeviceFlow):
-            flows = flow_future.compute(frames[start:end])
+            flows = self._device_flows(frames[start:end], flow_future.previous)
         else:
             try:
                 flows = flow_future.result(timeout=self.config.flow_timeout_s)
@@ -395,6 +400,15 @@ class StreamEngine:
         st.cond_version += 1
         st.refreshes += 1
         self.counters["refreshes"] += 1
+
+    def _device_flows(self, currents: torch.Tensor, previous: np.ndarray) -> torch.Tensor:
+        """Backward flows of (b, S, S, 3) device frames into `previous`, on the main stream. Rows are padded to
+        the largest batch, so one compiled and captured shape serves every stream's share of a batch."""
+        b, n = currents.shape[0], self.config.batch
+        prev = torch.from_numpy(previous).to(self.device, non_blocking=True)
+        if b < n:
+            currents = torch.cat([currents, currents[-1:].expand(n - b, -1, -1, -1)])
+        return self._call(("flow", n), self._flow_fn, currents, prev)[:b]
 
     def _write_adapter_rows(self, job: _Job) -> None:
         """Copy each stream's cached embedding into its batch rows, only when the layout changed."""

@@ -188,7 +188,7 @@ def farneback(prev: torch.Tensor, nxt: torch.Tensor, pyr_scale: float, levels: i
     """Dense flow (B, H, W, 2) with prev(p) ≈ next(p + flow(p)); prev, next (B, H, W) float32 gray levels."""
     if flags:
         raise ValueError("only flags=0 (box-averaged equations, no initial flow) is implemented")
-    basis = PolyBasis(poly_n, poly_sigma)
+    basis = PAPER_BASIS if (poly_n, poly_sigma) == PAPER_POLY else PolyBasis(poly_n, poly_sigma)
     p0, n0 = prev.unsqueeze(1), nxt.unsqueeze(1)
     flow = None
     for k in range(usable_levels(prev.shape[-2:], pyr_scale, levels), -1, -1):
@@ -207,6 +207,11 @@ def farneback(prev: torch.Tensor, nxt: torch.Tensor, pyr_scale: float, levels: i
             if i < iterations - 1:
                 m = _matrices(r0, r1, flow, weight)
     return flow.permute(0, 2, 3, 1).contiguous()
+
+
+# Built once, outside any traced region (its Gram-matrix inverse runs in float64 on the CPU).
+PAPER_POLY = (FARNEBACK_PARAMS["poly_n"], FARNEBACK_PARAMS["poly_sigma"])
+PAPER_BASIS = PolyBasis(*PAPER_POLY)
 
 
 def backward_flows(targets: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
