@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--scene-cuts", action="store_true",
                         help="refresh the conditioning at scene cuts too, in both the engine and the service "
                              "(off: the paper's periodic schedule only, the issue's champion settings)")
-    parser.add_argument("--flow-backend", choices=("opencv", "torch"), default="opencv",
+    parser.add_argument("--flow-backend", choices=("auto", "opencv", "torch"), default="auto",
                         help="where refresh flows run, in both the engine and the service (variants may override it)")
     parser.add_argument("--variant", action="append", default=[], metavar="'NAME KEY=VALUE ...'",
                         help="also run the service with these settings (e.g. 'ring128 service.ring_slots=128'; "

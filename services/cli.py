@@ -63,7 +63,7 @@ def bench(
     compile_parts: str = typer.Option("unet,text_encoder,vae", help="Comma-separated parts that --compile covers."),
     channels_last: str = typer.Option("vae", help="Comma-separated parts (unet, vae) run channels-last on CUDA; '' for none."),
     graphs: bool = typer.Option(True, help="Capture CUDA graphs per batch bucket."),
-    flow_backend: str = typer.Option("opencv", help="Refresh flows: opencv (host threads) or torch (on the device)."),
+    flow_backend: str = typer.Option("auto", help="Refresh flows: opencv (host threads), torch (on the device), auto."),
     trace_batches: int = typer.Option(0, help="After timing, trace this many batches' kernels (top kernels into the record)."),
     frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
     warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),

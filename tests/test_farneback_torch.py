@@ -44,7 +44,7 @@ def test_a_translation_gives_opencvs_flow(shift):
     assert np.linalg.norm(ours - ref, axis=-1)[inner].mean() < 0.01
 
 
-def test_real_frames_warp_as_well_as_opencvs(bikes_path):
+def test_real_frames_give_opencvs_flows(bikes_path):
     frames = real_frames(bikes_path, size=128, count=6, start=40)
     source, targets = frames[0], frames[1:]
     ours = backward_flows(torch.from_numpy(targets), torch.from_numpy(source)).numpy()
@@ -52,11 +52,22 @@ def test_real_frames_warp_as_well_as_opencvs(bikes_path):
     for target, flow in zip(targets, ours):
         ref = backward_flow(target, source)
         epe = np.linalg.norm(flow - ref, axis=-1)
-        assert np.median(epe) < 0.5  # not OpenCV's to the bit (see the module), but the same field
-        err_ours = np.abs(backward_warp(source, flow).astype(np.float32) - target).mean()
-        err_ref = np.abs(backward_warp(source, ref).astype(np.float32) - target).mean()
-        err_none = np.abs(source.astype(np.float32) - target).mean()
-        assert err_ours < 1.1 * err_ref and err_ours < err_none
+        # Float rounding only; it grows where the 2×2 systems are nearly singular (textureless spots).
+        assert np.median(epe) < 1e-3 and epe.mean() < 0.01
+        warped_ours = backward_warp(source, flow).astype(np.float32)
+        warped_ref = backward_warp(source, ref).astype(np.float32)
+        assert np.abs(warped_ours - warped_ref).mean() < 0.05  # gray levels
+        assert np.abs(warped_ours - target).mean() < np.abs(source.astype(np.float32) - target).mean()
+
+
+def test_the_expansion_spans_poly_n_pixels_each_side():
+    """OpenCV passes poly_n to the polynomial expansion as its half-width; a 5-tap fit gives other flows."""
+    big = smooth_texture(2)
+    prev, nxt = big[40:168, 40:168], big[42:170, 41:169]
+    narrow = dict(FARNEBACK_PARAMS, levels=0, iterations=1)
+    ref = cv2.calcOpticalFlowFarneback(prev, nxt, None, **narrow)
+    ours = farneback(torch.from_numpy(prev).float()[None], torch.from_numpy(nxt).float()[None], **narrow)[0].numpy()
+    assert np.abs(ours - ref).max() < 1e-3
 
 
 def test_engine_refreshes_with_torch_flows(tiny_bundle, bikes_path):
@@ -68,6 +79,11 @@ def test_engine_refreshes_with_torch_flows(tiny_bundle, bikes_path):
         outs = [engine.process(frames[i:i + 2], "cam") for i in range(0, 8, 2)]
         assert engine.counters["refreshes"] == 3 and engine.counters["refresh_failures"] == 0
     assert all(o.shape == (2, 64, 64, 3) for o in outs)
+
+
+def test_auto_flows_are_opencvs_on_the_cpu(tiny_bundle):
+    with StreamEngine(EngineConfig(size=64, batch=2, compile="none"), tiny_bundle) as engine:
+        assert engine.flow_backend == "opencv"
 
 
 def test_an_unknown_flow_backend_is_named(tiny_bundle):

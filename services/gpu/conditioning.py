@@ -1,8 +1,8 @@
 """Temporal conditioning for the LLLite adapter: the previous output, warped onto each new input.
 
-Flow is Farnebäck, by default OpenCV's on the CPU (cv2 releases the GIL, so a thread pool runs frames
-in parallel and ahead of the GPU), or the torch version in farneback.py on the engine's device
-(flow_backend "torch": the same algorithm; its flows differ from OpenCV's, see the tests); the warp itself runs on the GPU with grid_sample, which with align_corners=True
+Flow is Farnebäck: OpenCV's on the CPU (cv2 releases the GIL, so a thread pool runs frames in parallel
+and ahead of the GPU), or on a CUDA engine by default the torch version in farneback.py, which computes
+the same flows on the device (flow_backend); the warp itself runs on the GPU with grid_sample, which with align_corners=True
 and border padding samples exactly as cv2.remap(INTER_LINEAR, BORDER_REPLICATE).
 """
 

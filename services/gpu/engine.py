@@ -42,7 +42,7 @@ from .streams import StreamState, frame_noise
 log = logging.getLogger(__name__)
 
 TE_MODES = ("per_frame", "batch_one", "refresh_every")
-FLOW_BACKENDS = ("opencv", "torch")
+FLOW_BACKENDS = ("auto", "opencv", "torch")
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 COMPILE_PARTS = ("unet", "text_encoder", "vae")
 CHANNELS_LAST_PARTS = ("unet", "vae")
@@ -92,7 +92,7 @@ class EngineConfig:
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
     pipeline_depth: int = 3  # batches queued ahead of the side stage
     flow_workers: int = 8
-    flow_backend: str = "opencv"  # opencv: host threads (or the flow process); torch: on the engine's device (see farneback.py)
+    flow_backend: str = "auto"  # opencv: host threads (or the flow process); torch: on the engine's device; auto: torch on CUDA
     flow_timeout_s: float = 10.0  # a refresh whose flow takes longer keeps the previous conditioning
     keep_latents: bool = False  # return final latents too (tests)
 
@@ -169,6 +169,9 @@ class StreamEngine:
         self._encoder_fn = self.encoder
         self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
         self._flow_fn = backward_flows
+        # The same function either way (farneback.py matches OpenCV to float rounding); on the GPU it needs no host
+        # cores and no wait, on the CPU OpenCV's is far quicker.
+        self.flow_backend = config.flow_backend if config.flow_backend != "auto" else ("torch" if self.cuda else "opencv")
         for part in config.channels_last if self.cuda else ():
             # TAESD runs 64-channel convolutions at full resolution, where cuDNN's NCHW bf16 kernels transpose
             # every activation. The uint8 frames arrive NHWC, so the input permute is free, and so is the
@@ -189,7 +192,7 @@ class StreamEngine:
                 # With the scaling, clamping and uint8 packing around it fused into the convolutions' epilogues.
                 self._vae_encode = torch.compile(self._vae_encode_fn, mode=config.compile, dynamic=False, fullgraph=True)
                 self._decode = torch.compile(self.denoiser.decode, mode=config.compile, dynamic=False, fullgraph=True)
-            if config.flow_backend == "torch":
+            if self.flow_backend == "torch":
                 # ≈ 600 small kernels eager (48 ms for 16 frames at 512² on an H100, more beside the side stage).
                 self._flow_fn = torch.compile(backward_flows, mode=config.compile, dynamic=False, fullgraph=True)
         self.streams: dict[str, StreamState] = {}
@@ -268,7 +271,7 @@ class StreamEngine:
                 rows += [(st, st.next_index + i) for i in range(len(frames))]
                 refresh = self.adapter is not None and self.refresh_policy.decide(st, frames) is not None
                 flow = None
-                if refresh and cfg.flow_backend == "torch":
+                if refresh and self.flow_backend == "torch":
                     flow = DeviceFlow(st.last_input)  # computed on the main stream from the uploaded frames
                 elif refresh:
                     flow = self.flows.submit(st.last_input, frames, refs=(refs or {}).get(name))
