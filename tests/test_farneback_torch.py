@@ -135,3 +135,16 @@ def test_flows_on_cuda_match_the_cpu(bikes_path):
     cuda = backward_flows(frames[1:].cuda(), frames[0].cuda()).cpu()
     epe = (cuda - cpu).norm(dim=-1)
     assert epe.median() < 1e-3 and epe.mean() < 0.05  # float32 on both; textureless spots may differ more
+
+
+def test_after_warm_up_no_constant_is_built_from_host_numbers(monkeypatch):
+    """A CUDA graph cannot capture a host-to-device copy: once warmed, the flows must build no tensor from host data."""
+    import services.gpu.farneback as farneback_module
+
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+    farneback_module.warm_constants("cpu")
+    built = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(farneback_module.torch, "tensor", lambda *a, **k: built.append(a) or real_tensor(*a, **k))
+    backward_flows(frames, frames[0])
+    assert built == []

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .conditioning import DeviceFlow, FlowPool, warp_on_device
 from .denoise import EditDenoiser
-from .farneback import backward_flows
+from .farneback import backward_flows, warm_constants
 from .graphs import CapturedCall
 from .lllite import TemporalLLLite
 from .profiles import ModelBundle
@@ -193,6 +193,7 @@ class StreamEngine:
                 self._vae_encode = torch.compile(self._vae_encode_fn, mode=config.compile, dynamic=False, fullgraph=True)
                 self._decode = torch.compile(self.denoiser.decode, mode=config.compile, dynamic=False, fullgraph=True)
             if self.flow_backend == "torch":
+                warm_constants(self.device)
                 # ≈ 600 small kernels eager (48 ms for 16 frames at 512² on an H100, more beside the side stage).
                 self._flow_fn = torch.compile(backward_flows, mode=config.compile, dynamic=False, fullgraph=True)
         self.streams: dict[str, StreamState] = {}

@@ -31,6 +31,18 @@ from shared.flow import FARNEBACK_PARAMS
 BORDER_WEIGHTS = (0.14, 0.14, 0.4472, 0.4472, 0.4472)
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(values, device, dtype=torch.float32) -> torch.Tensor:
+    """A small tensor of host numbers on `device`, made once: a CUDA graph cannot capture the host-to-device
+    copy that building it takes, and the engine's warm-up calls run before any capture."""
+    key = (str(values), str(device), dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _CONSTANTS[key]
+
+
 def gray(frames: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB → (B, H, W) float32, the integer gray levels cv2.COLOR_RGB2GRAY rounds to."""
     x = frames.to(torch.int32)
@@ -53,7 +65,7 @@ def _separable(x: torch.Tensor, taps: list[float], pad_mode: str) -> torch.Tenso
     """Correlate (N, C, H, W) with the same 1-D taps along rows and columns, padding by pad_mode."""
     k = len(taps) // 2
     c = x.shape[1]
-    w = torch.tensor(taps, dtype=x.dtype, device=x.device)
+    w = _constant(taps, x.device, x.dtype)
     x = F.pad(x, (0, 0, k, k), mode=pad_mode)
     x = F.conv2d(x, w.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     x = F.pad(x, (k, k, 0, 0), mode=pad_mode)
@@ -107,10 +119,10 @@ class PolyBasis:
         """(B, 1, H, W) → (B, 5, H, W): ∂y, ∂x, yy, xx and xy/2 coefficients (OpenCV's channel order)."""
         n = len(self.g) // 2
         dev, dt = img.device, img.dtype
-        col = torch.tensor([self.g, self.xg, self.xxg], dtype=dt, device=dev).view(3, 1, -1, 1)
+        col = _constant([self.g, self.xg, self.xxg], dev, dt).view(3, 1, -1, 1)
         v = F.conv2d(F.pad(img, (0, 0, n, n), mode="replicate"), col)  # v0, v1, v2: Σ_y g·I, y·g·I, y²·g·I
         v = F.pad(v, (n, n, 0, 0), mode="replicate")
-        row = lambda taps: torch.tensor(taps, dtype=dt, device=dev).view(1, 1, 1, -1)  # noqa: E731
+        row = lambda taps: _constant(taps, dev, dt).view(1, 1, 1, -1)  # noqa: E731
         b1 = F.conv2d(v[:, 0:1], row(self.g))
         b2 = F.conv2d(v[:, 0:1], row(self.xg))
         b3 = F.conv2d(v[:, 1:2], row(self.g))
@@ -125,7 +137,7 @@ def _border_weight(h: int, w: int, device) -> torch.Tensor:
     def axis(n):
         wts = torch.ones(n, device=device)
         k = min(len(BORDER_WEIGHTS), n)
-        border = torch.tensor(BORDER_WEIGHTS[:k], device=device)
+        border = _constant(list(BORDER_WEIGHTS[:k]), device)
         wts[:k] *= border
         wts[n - k:] *= border.flip(0)
         return wts
@@ -215,6 +227,12 @@ def farneback(prev: torch.Tensor, nxt: torch.Tensor, pyr_scale: float, levels: i
 # Built once, outside any traced region (its Gram-matrix inverse runs in float64 on the CPU).
 PAPER_POLY = (FARNEBACK_PARAMS["poly_n"], FARNEBACK_PARAMS["poly_sigma"])
 PAPER_BASIS = PolyBasis(*PAPER_POLY)
+
+
+def warm_constants(device) -> None:
+    """Build every constant tensor on `device` eagerly (one small call), before any trace or graph capture."""
+    frames = torch.zeros(1, 64, 64, 3, dtype=torch.uint8, device=device)
+    backward_flows(frames, frames[0])
 
 
 def backward_flows(targets: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
