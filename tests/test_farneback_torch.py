@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from services.gpu.engine import EngineConfig, EngineError, StreamEngine
-from services.gpu.farneback import backward_flows, farneback, gray, usable_levels
+from services.gpu.farneback import backward_flows, farneback, gray, usable_levels, warm_constants
 from shared.flow import FARNEBACK_PARAMS, backward_flow, backward_warp, to_gray
 from tests.conftest import real_frames
 
@@ -103,6 +103,7 @@ def test_flows_trace_as_one_graph_equal_to_eager(bikes_path):
         return gm.forward
 
     torch._dynamo.reset()
+    warm_constants("cpu")  # as the engine does before compiling
     try:
         traced = torch.compile(backward_flows, backend=counting, dynamic=False, fullgraph=True)
         got = traced(frames[1:], frames[0])
