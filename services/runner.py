@@ -69,6 +69,7 @@ def gpu_line(name: str, data: dict) -> str:
     cadence = f"every {data['cadence_ms_p50']:.1f} ms" if "cadence_ms_p50" in data else ""
     gap = f", main idle gap p50 {data['main_gap_ms_p50']:.1f} ms" if "main_gap_ms_p50" in data else ""
     gap += f", {data['refreshes']} conditioning refreshes" if "refreshes" in data else ""
+    gap += f" (flows: {data['flow_backend']})" if "flow_backend" in data else ""
     return (f"{name}: {data['frames']} frames in {data['batches']} batches ({data['rows_mean']:.1f} each) {cadence}{gap}; "
             f"dispatch waits: {waits}")
 

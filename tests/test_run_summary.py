@@ -33,10 +33,11 @@ def test_summary_has_totals_and_each_streams_rate_and_latency(tmp_path):
 def test_summary_carries_the_gpu_workers_account(tmp_path):
     (tmp_path / "summary-gpu.json").write_text(json.dumps(
         {"batches": 3, "frames": 24, "rows_mean": 8.0, "cadence_ms_p50": 54.2, "main_gap_ms_p50": 1.5,
-         "wait_s": {"in_flight": 2.0, "no_frames": 0.5}}))
+         "wait_s": {"in_flight": 2.0, "no_frames": 0.5}, "refreshes": 2, "flow_backend": "torch"}))
     summary = RunSummary()
     _collect(tmp_path, summary)
     assert summary.gpu["gpu"]["frames"] == 24
     line = gpu_line("gpu", summary.gpu["gpu"])
-    assert line == "gpu: 24 frames in 3 batches (8.0 each) every 54.2 ms, main idle gap p50 1.5 ms; dispatch waits: in_flight 2.0 s, no_frames 0.5 s"
+    assert line == ("gpu: 24 frames in 3 batches (8.0 each) every 54.2 ms, main idle gap p50 1.5 ms, 2 conditioning refreshes "
+                    "(flows: torch); dispatch waits: in_flight 2.0 s, no_frames 0.5 s")
     assert line in summary.lines()

@@ -121,3 +121,19 @@ def test_ctrl_c_drains_finalises_the_file_and_leaves_nothing(tmp_path, bikes_pat
     assert codec == "h264" and 0 < len(written) < 250
     assert f"out {len(written)}" in stdout
     assert not processes_using(runtime) and not leftover_segments(runtime)
+
+
+def test_run_with_flows_computed_by_the_gpu_worker(tmp_path, short_clip):
+    """engine.flow_backend torch (the CUDA default): the GPU worker computes the refresh flows itself."""
+    config = tmp_path / "settings.yaml"
+    config.write_text("engine:\n  flow_backend: torch\n  cond_refresh: 2\n")
+    out = tmp_path / "out.mp4"
+    result = stylecast(["run", str(short_clip), "-o", str(out), "--prompt", "make it an oil painting", "--config",
+                        str(config), *COMMON], tmp_path / "rt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"frames in {FRAMES}, out {FRAMES}, dropped 0" in result.stdout
+    refreshes = re.search(r"(\d+) conditioning refreshes \(flows: (\w+)\)", result.stdout)
+    assert refreshes and int(refreshes[1]) >= 3, result.stdout  # 8 batches, a refresh every second one
+    assert refreshes[2] == "torch"
+    assert "refresh skipped" not in result.stderr
+    assert decode_video(out)[0].shape == (FRAMES, SIZE, SIZE, 3)

@@ -533,5 +533,6 @@ class GpuWorker:
         self.engine.close()
         self.flows.close()
         self.proc.write_summary(self.stats.summary() | {"refreshes": self.engine.counters["refreshes"],
-                                                         "refresh_failures": self.engine.counters["refresh_failures"]})
+                                                         "refresh_failures": self.engine.counters["refresh_failures"],
+                                                         "flow_backend": self.engine.flow_backend})
         return 0
