@@ -82,6 +82,7 @@ def latency_ms(latencies_s: list[float]) -> dict[str, float]:
 
 def _collect(run_dir: Path, summary: RunSummary) -> None:
     latencies, first, last = [], [], []
+    timed = 0  # frames written inside the [first_write, last_write] windows (rates and stage means)
     for path in run_dir.glob("summary-*.json"):
         data = json.loads(path.read_text())
         if path.name.startswith("summary-gpu"):
@@ -91,20 +92,22 @@ def _collect(run_dir: Path, summary: RunSummary) -> None:
         elif path.name.startswith("summary-egress-"):
             name = path.name[len("summary-egress-"):-len(".json")]
             summary.frames_out += data["written"]
+            here = data.get("written_here", data["written"])  # after an egress restart: this process's frames only
             if data["first_write"] is not None and data["last_write"] > data["first_write"]:
-                summary.stream_fps[name] = (data["written"] - 1) / (data["last_write"] - data["first_write"])
+                summary.stream_fps[name] = (here - 1) / (data["last_write"] - data["first_write"])
             latencies += data["latencies_s"]
             if data["latencies_s"]:
                 summary.stream_latency_ms[name] = latency_ms(data["latencies_s"])
             if data["first_write"] is not None:
                 first.append(data["first_write"])
                 last.append(data["last_write"])
+                timed += here
                 for stage, ms in data.get("stage_means_ms", {}).items():
-                    summary.stage_means_ms[stage] = summary.stage_means_ms.get(stage, 0.0) + ms * data["written"]
-    if summary.frames_out:
-        summary.stage_means_ms = {k: v / summary.frames_out for k, v in summary.stage_means_ms.items()}
+                    summary.stage_means_ms[stage] = summary.stage_means_ms.get(stage, 0.0) + ms * here
+    if timed:
+        summary.stage_means_ms = {k: v / timed for k, v in summary.stage_means_ms.items()}
     if first and max(last) > min(first):
-        summary.fps = (summary.frames_out - 1) / (max(last) - min(first))
+        summary.fps = (timed - 1) / (max(last) - min(first))
     if latencies:
         overall = latency_ms(latencies)
         summary.latency_ms_p50, summary.latency_ms_p95 = overall["p50"], overall["p95"]

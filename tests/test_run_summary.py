@@ -41,3 +41,17 @@ def test_summary_carries_the_gpu_workers_account(tmp_path):
     assert line == ("gpu: 24 frames in 3 batches (8.0 each) every 54.2 ms, main idle gap p50 1.5 ms, 2 conditioning refreshes "
                     "(flows: torch); dispatch waits: in_flight 2.0 s, no_frames 0.5 s")
     assert line in summary.lines()
+
+
+def test_a_restarted_egress_counts_its_predecessors_frames_but_times_its_own(tmp_path):
+    """After a kill -9 the new egress reports the stream's total (55 kept + 65 its own); rates and stage
+    means use only the frames inside its own first..last window."""
+    (tmp_path / "summary-egress-a.json").write_text(json.dumps(
+        {"written": 120, "written_here": 65, "first_write": 10.0, "last_write": 12.6, "latencies_s": [0.1] * 65,
+         "stage_means_ms": {"gpu": 20.0}}))
+    summary = RunSummary()
+    _collect(tmp_path, summary)
+    assert summary.frames_out == 120
+    assert summary.stream_fps["a"] == pytest.approx(64 / 2.6)
+    assert summary.fps == pytest.approx(64 / 2.6)
+    assert summary.stage_means_ms == {"gpu": pytest.approx(20.0)}

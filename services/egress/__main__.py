@@ -49,7 +49,8 @@ class Egress:
         # ring slots, a worker blocked on the full ring writes the next frames at once, and those lie
         # beyond the range _recover reads while their messages went to no one.
         wait_readable([self.styled], 0.2)
-        self.written = 0
+        self.written = 0  # frames this process wrote (the sinks count the same way)
+        self.written_before = 0  # frames its predecessors wrote (a restart): reported totals include them
         self.last_seq = -1
         self.latencies: list[float] = []  # end-to-end seconds of every written frame, for the run summary
         self.stage_sums = dict.fromkeys(("ingest", "queue", "gpu", "egress"), 0.0)
@@ -77,6 +78,9 @@ class Egress:
             skip -= 1
             self.next_index += 1
             ring.release(self.next_index)
+        # Every ring position before here was put out by a predecessor (a live stream's lapped frames aside,
+        # which are counted as dropped too), so the stream's count carries on instead of starting at 0.
+        self.written_before = self.next_index
         if self._catch_up(ring.written):
             log.info("%s: wrote %d frame(s) left in the ring by a previous egress", self.name, self.written)
 
@@ -117,11 +121,16 @@ class Egress:
                 continue
             if isinstance(msg, StreamState):
                 self._take_unannounced(self.ring.written)  # all the worker wrote comes before its end marker
-                self._close(f"end of stream after {self.written} frames")
+                self._close(f"end of stream after {self.total_written} frames")
                 return 0
             self._write(msg)
-        self._close(f"stopped after {self.written} frames")
+        self._close(f"stopped after {self.total_written} frames")
         return 0
+
+    @property
+    def total_written(self) -> int:
+        """The stream's frames put out so far, by this process and any predecessor."""
+        return self.written_before + self.written
 
     def _write(self, msg: Styled) -> None:
         index = self.ring.write_index(msg.slot, msg.generation)
@@ -165,9 +174,9 @@ class Egress:
         if not self.versions or self.versions[-1] != msg.prompt_version:
             self.versions.append(msg.prompt_version)
             self.version_changes.append((msg.seq, msg.prompt_version))
-        if self.written % 8 == 0 or len(self.latencies) < 8:  # a cheap status for the supervisor (heartbeat detail)
+        if self.total_written % 8 == 0 or len(self.latencies) < 8:  # a cheap status for the supervisor (heartbeat detail)
             recent = np.asarray(self.latencies[-120:]) * 1e3
-            self.proc.detail = (f"{self.preview} written={self.written} p50_ms={np.percentile(recent, 50):.1f} "
+            self.proc.detail = (f"{self.preview} written={self.total_written} p50_ms={np.percentile(recent, 50):.1f} "
                                 f"p95_ms={np.percentile(recent, 95):.1f} prompt_version={msg.prompt_version}")
 
     def _settle(self, everything: bool = False) -> None:
@@ -187,7 +196,7 @@ class Egress:
             except SinkError as exc:
                 self.proc.error("sink_failed", f"{sink.kind} sink {sink.target}: {exc}", stream=self.name)
         self._settle(everything=True)
-        self.proc.write_summary({"written": self.written, "latencies_s": self.latencies, "first_write": self.first_write,
+        self.proc.write_summary({"written": self.total_written, "written_here": self.written, "latencies_s": self.latencies, "first_write": self.first_write,
                                  "last_write": self.last_write, "prompt_versions": self.version_changes,
                                  "stage_means_ms": {k: v / max(self.written, 1) * 1e3 for k, v in self.stage_sums.items()}})
         self.proc.stream_state(self.name, StreamStatus.STOPPED, reason)
