@@ -47,6 +47,7 @@ def _egress(ring: Ring, sink: RecordingSink) -> tuple[Egress, list]:
                                   dropped=lambda stream, seq, stage, reason: dropped.append((seq, reason)))
     egress.name, egress.ring, egress.sinks, egress.preview = "cam", ring, [sink], ""
     egress.written, egress.last_seq, egress.latencies, egress.versions, egress.version_changes = 0, -1, [], [], []
+    egress.written_before = 0
     egress.stage_sums = dict.fromkeys(("ingest", "queue", "gpu", "egress"), 0.0)
     egress.first_write = egress.last_write = None
     egress.unsettled = collections.deque()
@@ -99,3 +100,15 @@ def test_a_redone_frame_is_a_counted_duplicate(ring):
         egress._write(_publish(ring, seq))
     egress._write(_publish(ring, 1))  # a restarted GPU worker wrote seq 1 again
     assert sink.frames == [0, 1] and dropped == [(1, "duplicate")]
+
+
+def test_a_restarted_egress_counts_on_from_its_predecessors_frames(ring):
+    for seq in range(5):
+        _publish(ring, seq)
+    ring.release(3)  # a killed predecessor had put out and settled the first three
+    sink = RecordingSink()
+    egress, _ = _egress(ring, sink)
+    egress._recover()
+    assert sink.frames == [3, 4]  # only what the predecessor left in the ring
+    assert (egress.written, egress.total_written) == (2, 5)
+    assert "written=5" in egress.proc.detail  # the status the API reports as frames_out
