@@ -196,8 +196,8 @@ class Egress:
             except SinkError as exc:
                 self.proc.error("sink_failed", f"{sink.kind} sink {sink.target}: {exc}", stream=self.name)
         self._settle(everything=True)
-        self.proc.write_summary({"written": self.total_written, "written_here": self.written, "latencies_s": self.latencies, "first_write": self.first_write,
-                                 "last_write": self.last_write, "prompt_versions": self.version_changes,
+        self.proc.write_summary({"written": self.total_written, "written_here": self.written, "latencies_s": self.latencies,
+                                 "first_write": self.first_write, "last_write": self.last_write, "prompt_versions": self.version_changes,
                                  "stage_means_ms": {k: v / max(self.written, 1) * 1e3 for k, v in self.stage_sums.items()}})
         self.proc.stream_state(self.name, StreamStatus.STOPPED, reason)
         log.info("%s: %s", self.name, reason)

@@ -2,8 +2,8 @@
 
 Flow is Farnebäck: OpenCV's on the CPU (cv2 releases the GIL, so a thread pool runs frames in parallel
 and ahead of the GPU), or on a CUDA engine by default the torch version in farneback.py, which computes
-the same flows on the device (flow_backend); the warp itself runs on the GPU with grid_sample, which with align_corners=True
-and border padding samples exactly as cv2.remap(INTER_LINEAR, BORDER_REPLICATE).
+the same flows on the device (flow_backend). The warp itself runs on the GPU with grid_sample, which
+with align_corners=True and border padding samples exactly as cv2.remap(INTER_LINEAR, BORDER_REPLICATE).
 """
 
 from __future__ import annotations

@@ -200,7 +200,8 @@ def usable_levels(size: tuple[int, int], pyr_scale: float, levels: int, min_size
 
 def farneback(prev: torch.Tensor, nxt: torch.Tensor, pyr_scale: float, levels: int, winsize: int, iterations: int,
               poly_n: int, poly_sigma: float, flags: int = 0) -> torch.Tensor:
-    """Dense flow (B, H, W, 2) with prev(p) ≈ next(p + flow(p)); prev, next (B, H, W) float32 gray levels."""
+    """Dense flow (B, H, W, 2) with prev(p) ≈ next(p + flow(p)); prev (B, H, W) float32 gray levels, next the same
+    or (1, H, W): one frame shared by every row, whose pyramid and polynomials are then computed once."""
     if flags:
         raise ValueError("only flags=0 (box-averaged equations, no initial flow) is implemented")
     basis = PAPER_BASIS if (poly_n, poly_sigma) == PAPER_POLY else PolyBasis(poly_n, poly_sigma)
@@ -209,7 +210,7 @@ def farneback(prev: torch.Tensor, nxt: torch.Tensor, pyr_scale: float, levels: i
     for k in range(usable_levels(prev.shape[-2:], pyr_scale, levels), -1, -1):
         scale = pyr_scale**k
         r0 = basis.expand(_level_image(p0, scale))
-        r1 = basis.expand(_level_image(n0, scale))
+        r1 = basis.expand(_level_image(n0, scale)).expand_as(r0)
         h, w = r0.shape[-2:]
         if flow is None:
             flow = torch.zeros(prev.shape[0], 2, h, w, device=prev.device, dtype=prev.dtype)
@@ -238,6 +239,4 @@ def warm_constants(device) -> None:
 def backward_flows(targets: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Backward flows of several RGB uint8 targets (B, H, W, 3) into one source (H, W, 3): (B, H, W, 2) float32,
     as `shared.flow.backward_flow(target, source)` gives for each."""
-    t = gray(targets)
-    s = gray(source.unsqueeze(0)).expand_as(t)
-    return farneback(t, s, **FARNEBACK_PARAMS)
+    return farneback(gray(targets), gray(source.unsqueeze(0)), **FARNEBACK_PARAMS)
