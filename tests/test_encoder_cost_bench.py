@@ -15,5 +15,7 @@ def test_encoder_cost_records_natural_and_noise(tmp_path, bikes_path, capsys):
         assert record[kind]["frames"] == 6 and record[kind]["fps"] > 0
     # Noise carries far more bits than a natural clip at the same quality setting: the point of the benchmark.
     assert record["noise"]["bytes_per_frame"] > 3 * record["natural"]["bytes_per_frame"]
+    assert set(record["conversion_ms_per_frame"]) == {"swscale_bt709", "egress"}
+    assert all(ms > 0 for ms in record["conversion_ms_per_frame"].values())
     assert record["cpu_cores"] >= 1 and record["settings"]["preset"] == "superfast"
     assert "noise" in capsys.readouterr().out

@@ -2,7 +2,9 @@
 
 Output is 8-bit 4:2:0 (yuv420p), High profile, BT.709 limited range and tagged as such: what
 every browser and hardware decoder plays. The RGB → YUV conversion is done explicitly with the
-BT.709 matrix so the pixels agree with the tags (swscale's default would be BT.601, untagged).
+BT.709 matrix so the pixels agree with the tags (swscale's default would be BT.601, untagged), and
+with OpenCV rather than swscale: swscale's BT.709 path took 3–8 ms per 512² frame in the egress
+process's one thread, more than the encoder's own share at the service's rate (see `to_yuv_frame`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
-from av.video.reformatter import ColorRange, Colorspace
 
 from .errors import EncoderMissing, FrameRejected
 
@@ -90,10 +92,40 @@ def check_frame(frame: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+def _bt709_limited_matrix() -> np.ndarray:
+    """3×4 affine map from full-range R'G'B' (0–255) to limited-range Y'CbCr (Y 16–235, Cb/Cr 16–240)."""
+    kr, kb = 0.2126, 0.0722
+    kg = 1.0 - kr - kb
+    luma = np.array([kr, kg, kb])
+    cb = (np.array([0.0, 0.0, 1.0]) - luma) / (2 * (1 - kb))
+    cr = (np.array([1.0, 0.0, 0.0]) - luma) / (2 * (1 - kr))
+    rows = [luma * 219 / 255, cb * 224 / 255, cr * 224 / 255]
+    return np.column_stack([np.array(rows), [16.0, 128.0, 128.0]]).astype(np.float32)
+
+
+_BT709 = _bt709_limited_matrix()
+
+
+def rgb_to_yuv420(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3), H and W even → I420 planes stacked as one (H·3/2, W) uint8 array: Y, then
+    Cb and Cr at half size, each the BT.709 limited-range value of the 2×2 block's mean colour
+    (centre-sited chroma). ≈ 0.6 ms at 512² on one core: cv2.transform is vectorised for 3×4 maps on
+    3-channel images only, so the chroma rows are computed as a full 3-channel transform too."""
+    height, width = rgb.shape[:2]
+    if height % 2 or width % 2:
+        raise FrameRejected(f"4:2:0 output needs an even frame size, got {width}×{height}")
+    planes = np.empty((height * 3 // 2, width), np.uint8)
+    cv2.extractChannel(cv2.transform(rgb, _BT709), 0, planes[:height])
+    # The map is affine, so the mean colour's chroma is the mean of the chroma (up to rounding).
+    half = cv2.transform(cv2.resize(rgb, (width // 2, height // 2), interpolation=cv2.INTER_AREA), _BT709)
+    chroma = planes.reshape(-1)[height * width:]  # Cb's plane then Cr's, each (H/2)·(W/2) bytes
+    chroma[:chroma.size // 2] = cv2.extractChannel(half, 1).reshape(-1)
+    chroma[chroma.size // 2:] = cv2.extractChannel(half, 2).reshape(-1)
+    return planes
+
+
 def to_yuv_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:
     """RGB uint8 → yuv420p BT.709 limited-range VideoFrame with pts = index (time base 1/fps)."""
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-    frame = frame.reformat(format="yuv420p", src_colorspace=Colorspace.ITU709, dst_colorspace=Colorspace.ITU709,
-                           src_color_range=ColorRange.JPEG, dst_color_range=ColorRange.MPEG)
+    frame = av.VideoFrame.from_ndarray(rgb_to_yuv420(rgb), format="yuv420p")
     frame.pts = index
     return frame
