@@ -72,3 +72,29 @@ def test_flow_process_runs_a_refresh_batch_at_once_within_its_share_of_cores(bat
     from services.flow.__main__ import flow_threads
 
     assert flow_threads(batch, cpus, gpu_workers) == threads
+
+
+def test_conditioning_traces_as_one_graph_equal_to_eager(tiny_bundle):
+    """The engine compiles warp + the hooks' conditioning networks with fullgraph=True on CUDA."""
+    import torch._dynamo
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    config = EngineConfig(size=64, batch=2, hooks="down_blocks", compile="none")
+    with StreamEngine(config, tiny_bundle) as engine:
+        previous = torch.rand(3, 64, 64) * 2 - 1
+        flows = torch.randn(2, 64, 64, 2) * 3
+        torch._dynamo.reset()
+        try:
+            traced = torch.compile(engine._conditioning, backend=counting, dynamic=False, fullgraph=True)
+            got = traced(previous, flows)
+        finally:
+            torch._dynamo.reset()
+        want = engine.adapter.compute_embeddings(warp_on_device(previous, flows).to(engine.dtype))
+    assert len(graphs) == 1 and len(got) == len(want)
+    for value, key in zip(got, want):
+        torch.testing.assert_close(value, want[key])

@@ -118,15 +118,19 @@ def test_engine_pads_a_streams_rows_to_one_flow_shape(tiny_bundle, bikes_path):
     frames = real_frames(bikes_path, size=64, count=6)
     config = EngineConfig(size=64, batch=4, cond_refresh=1, hooks="down_blocks", compile="none", flow_backend="torch")
     with StreamEngine(config, tiny_bundle) as engine:
-        shapes = []
-        original = engine._flow_fn
-        engine._flow_fn = lambda cur, prev: shapes.append(tuple(cur.shape)) or original(cur, prev)
-        engine.open_stream("a", "make it an oil painting")
-        engine.open_stream("b", "make it a watercolour")
+        shapes, cond_shapes = [], []
+        flow_fn, cond_fn = engine._flow_fn, engine._cond_fn
+        engine._flow_fn = lambda cur, prev: shapes.append(tuple(cur.shape)) or flow_fn(cur, prev)
+        engine._cond_fn = lambda out, flows: cond_shapes.append(tuple(flows.shape)) or cond_fn(out, flows)
+        a = engine.open_stream("a", "make it an oil painting")
+        b = engine.open_stream("b", "make it a watercolour")
         engine.submit_mixed([("a", frames[:2]), ("b", frames[2:3])]).result()
         out = engine.submit_mixed([("a", frames[3:5]), ("b", frames[5:6])]).result()
     assert shapes == [(4, 64, 64, 3), (4, 64, 64, 3)]  # two streams' refreshes (2 rows, 1 row), one shape
+    assert cond_shapes == [(4, 64, 64, 2), (4, 64, 64, 2)]  # the conditioning networks too
     assert out.frames.shape == (3, 64, 64, 3) and engine.counters["refreshes"] == 2
+    # Each stream keeps only its own rows of the padded result.
+    assert {v.shape[0] for v in a.cond.values()} == {2} and {v.shape[0] for v in b.cond.values()} == {1}
 
 
 @pytest.mark.gpu

@@ -169,6 +169,7 @@ class StreamEngine:
         self._encoder_fn = self.encoder
         self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
         self._flow_fn = backward_flows
+        self._cond_fn = self._conditioning
         # The same function either way (farneback.py matches OpenCV to float rounding); on the GPU it needs no host
         # cores and no wait, on the CPU OpenCV's is far quicker.
         self.flow_backend = config.flow_backend if config.flow_backend != "auto" else ("torch" if self.cuda else "opencv")
@@ -196,6 +197,9 @@ class StreamEngine:
                 warm_constants(self.device)
                 # ≈ 600 small kernels eager (48 ms for 16 frames at 512² on an H100, more beside the side stage).
                 self._flow_fn = torch.compile(backward_flows, mode=config.compile, dynamic=False, fullgraph=True)
+            if self.adapter is not None:
+                # Warp and the hooks' small conditioning networks: ≈ 100 kernels eager per refresh, a handful fused.
+                self._cond_fn = torch.compile(self._conditioning, mode=config.compile, dynamic=False, fullgraph=True)
         self.streams: dict[str, StreamState] = {}
         self.refresh_policy = RefreshPolicy.from_config(config)
         self._own_flows = flow_provider is None
@@ -389,6 +393,7 @@ class StreamEngine:
         A refresh whose flow failed (e.g. a live source overwrote the frames) keeps the previous
         conditioning; it is logged and counted, never silent.
         """
+        b = end - start
         if isinstance(flow_future, DeviceFlow):
             flows = self._device_flows(frames[start:end], flow_future.previous)
         else:
@@ -398,21 +403,29 @@ class StreamEngine:
                 log.warning("stream %s: conditioning refresh skipped, flow failed: %s", st.name, exc)
                 self.counters["refresh_failures"] += 1
                 return
-            flows = torch.from_numpy(flows).to(self.device, non_blocking=True)
-        cond = warp_on_device(st.last_output, flows).to(self.dtype)
-        st.cond = self.adapter.compute_embeddings(cond)
+            flows = self._pad_rows(torch.from_numpy(flows).to(self.device, non_blocking=True))
+        embeddings = self._call(("refresh_cond", len(flows)), self._cond_fn, st.last_output, flows)
+        st.cond = {key: value[:b] for key, value in zip(self.adapter.modules_dict, embeddings)}
         st.cond_version += 1
         st.refreshes += 1
         self.counters["refreshes"] += 1
 
     def _device_flows(self, currents: torch.Tensor, previous: np.ndarray) -> torch.Tensor:
-        """Backward flows of (b, S, S, 3) device frames into `previous`, on the main stream. Rows are padded to
-        the largest batch, so one compiled and captured shape serves every stream's share of a batch."""
-        b, n = currents.shape[0], self.config.batch
+        """Backward flows of (b, S, S, 3) device frames into `previous`, on the main stream, padded to the largest
+        batch (rows past b repeat the last): one compiled and captured shape serves every stream's share of a batch."""
         prev = torch.from_numpy(previous).to(self.device, non_blocking=True)
-        if b < n:
-            currents = torch.cat([currents, currents[-1:].expand(n - b, -1, -1, -1)])
-        return self._call(("flow", n), self._flow_fn, currents, prev)[:b]
+        return self._call(("flow", self.config.batch), self._flow_fn, self._pad_rows(currents), prev)
+
+    def _pad_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Repeat the last row up to the largest batch, the one shape the refresh graphs are captured at."""
+        missing = self.config.batch - rows.shape[0]
+        return torch.cat([rows, rows[-1:].expand(missing, *rows.shape[1:])]) if missing > 0 else rows
+
+    def _conditioning(self, previous_output: torch.Tensor, flows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The previous output warped onto each new input, through every hook's conditioning network: one
+        embedding per hook (the adapter's module order) for each row."""
+        cond = warp_on_device(previous_output, flows).to(self.dtype)
+        return tuple(module.embed(cond) for module in self.adapter.modules_dict.values())
 
     def _write_adapter_rows(self, job: _Job) -> None:
         """Copy each stream's cached embedding into its batch rows, only when the layout changed."""
