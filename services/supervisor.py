@@ -3,9 +3,10 @@
     python -m services.supervisor --config FILE      (or through `stylecast run` / `stylecast serve`)
 
 Start: clean what a crashed run left, create the run directory and metrics directory, write the
-settings the children read, start the flow process and the GPU worker, and once the worker has its
-models loaded add every configured stream: probe the source, create the stream's rings, tell the
-worker, start egress (the stream's consumer) and then ingest (its producer).
+settings the children read, start the GPU worker (and, once it says its refresh flows run on host
+cores, the flow process), and once the worker has its models loaded add every configured stream:
+probe the source, create the stream's rings, tell the worker, start egress (the stream's consumer)
+and then ingest (its producer).
 
 Watch: children send heartbeats; one that exits or goes silent past the timeout is restarted with
 backoff, up to `service.max_restarts`; an exit code of EXIT_FAILED_STREAM means the stream's input
@@ -35,7 +36,7 @@ from pathlib import Path
 from shared import sharding
 from shared.bus import Bus, wait_readable
 from shared.metrics import get_metrics, init_metrics_dir
-from shared.process import EXIT_FAILED_STREAM, write_run_settings
+from shared.process import EXIT_FAILED_STREAM, parse_detail, write_run_settings
 from shared.protocol import (
     Ack,
     AddStream,
@@ -127,6 +128,7 @@ class Supervisor:
         self.failure: str | None = None
         self.workers = gpu_workers(settings)
         self.ready_workers: set[int] = set()
+        self.flow_backends: dict[int, str] = {}  # GPU worker → where its refresh flows run ("opencv": a flow process)
         self._calls: queue.Queue = queue.Queue()
         self._request_ids = itertools.count()
         self._acks: dict[str, Ack] = {}
@@ -156,7 +158,6 @@ class Supervisor:
         self.events = self.bus.socket("PULL", "drops", bind=True)
         self._thread_id = threading.get_ident()
         for k in range(self.workers):
-            self._spawn(Child(_indexed("flow", k), "services.flow", ["--worker", str(k)], worker=k))
             self._spawn(Child(_indexed("gpu", k), "services.gpu", ["--worker", str(k)], worker=k))
         log.info("%d GPU worker(s)", self.workers)
 
@@ -165,10 +166,22 @@ class Supervisor:
         """Every GPU worker has its models loaded."""
         return len(self.ready_workers) == self.workers
 
+    def host_flows(self, worker: int) -> bool:
+        """Whether GPU worker `worker` has its refresh flows computed by a flow process (OpenCV on host cores);
+        until the worker has said, assume so."""
+        return self.flow_backends.get(worker, "opencv") == "opencv"
+
+    @property
+    def flows_ready(self) -> bool:
+        """Every flow process a GPU worker relies on is up."""
+        flows = [self.children.get(_indexed("flow", k)) for k in self.flow_backends if self.host_flows(k)]
+        return all(child is not None and child.state == ProcessState.READY for child in flows)
+
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Block (serving the loop) until the GPU worker has its models; raises if it cannot start."""
+        """Block (serving the loop) until the GPU worker has its models (and its flow process, if it has one,
+        is up); raises if it cannot start."""
         deadline = time.monotonic() + timeout_s
-        while not self.gpu_ready:
+        while not (self.gpu_ready and self.flows_ready):
             if self.failure:
                 raise SupervisorError(self.failure)
             if self.stop_requested.is_set():
@@ -332,6 +345,8 @@ class Supervisor:
             if child is not None and child.pid == msg.pid:
                 child.last_heartbeat = time.monotonic()
                 child.state, child.detail = str(msg.state), msg.detail
+                if child.module == "services.gpu":
+                    self._note_flow_backend(child)
                 if child.module == "services.gpu" and msg.state == ProcessState.READY and child.worker not in self.ready_workers:
                     self._gpu_became_ready(child.worker)
         elif isinstance(msg, Ack):
@@ -350,6 +365,17 @@ class Supervisor:
             rec = self.streams.get(msg.stream) if msg.stream else None
             if rec is not None:
                 rec.reason = msg.message
+
+    def _note_flow_backend(self, child: Child) -> None:
+        """A GPU worker says where its refresh flows run before it loads its models: start its flow process
+        then if they run on host cores (with flows on its device it needs none, nor flow rings)."""
+        backend = parse_detail(child.detail).get("flows")
+        if backend is None:
+            return
+        self.flow_backends[child.worker] = backend
+        name = _indexed("flow", child.worker)
+        if backend == "opencv" and name not in self.children:
+            self._spawn(Child(name, "services.flow", ["--worker", str(child.worker)], worker=child.worker))
 
     def _gpu_became_ready(self, worker: int) -> None:
         self.ready_workers.add(worker)
@@ -421,8 +447,9 @@ class Supervisor:
         rec.rings = [
             Ring.create(run, cfg.name, "in", slots=slots, shape=(s, s, 3), dtype="u1"),
             Ring.create(run, cfg.name, "out", slots=slots, shape=(s, s, 3), dtype="u1"),
-            Ring.create(run, cfg.name, "flow", slots=2 * self.settings.engine.batch, shape=(s, s, 2), dtype="f4"),
         ]
+        if self.host_flows(rec.worker):  # where the flow process hands the refresh flows to the worker
+            rec.rings.append(Ring.create(run, cfg.name, "flow", slots=2 * self.settings.engine.batch, shape=(s, s, 2), dtype="f4"))
         self.streams[cfg.name] = rec
         self.settings = self.settings.model_copy(update={"streams": [r.cfg for r in self.streams.values()]})
         write_run_settings(self.run, self.settings)

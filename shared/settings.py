@@ -343,7 +343,8 @@ class EngineSettings(_Section):
     flow_backend: Literal["auto", "opencv", "torch"] = Field(
         "auto",
         description="Where a refresh's Farnebäck flows run: 'opencv' on the host's cores (the flow process), 'torch' on "
-        "the GPU worker's device (no wait for host cores), 'auto' torch on CUDA and opencv on the CPU. Both compute the "
+        "the GPU worker's device (no wait for host cores; no flow process is started), 'auto' torch on CUDA and opencv on "
+        "the CPU. Both compute the "
         "same flows: on bikes at 512² they differ by 0.0002 px on average (float rounding; tests/test_farneback_torch.py).",
     )
     pipeline_depth: int = Field(

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.gpu.engine import EngineConfig, EngineError, StreamEngine
+from services.gpu.conditioning import FlowPool
+from services.gpu.engine import EngineConfig, EngineError, StreamEngine, resolve_flow_backend
 from services.gpu.farneback import backward_flows, farneback, gray, usable_levels, warm_constants
 from shared.flow import FARNEBACK_PARAMS, backward_flow, backward_warp, to_gray
 from tests.conftest import real_frames
@@ -74,7 +75,7 @@ def test_engine_refreshes_with_torch_flows(tiny_bundle, bikes_path):
     frames = real_frames(bikes_path, size=64, count=8)
     config = EngineConfig(size=64, batch=2, cond_refresh=1, hooks="down_blocks", compile="none", flow_backend="torch")
     with StreamEngine(config, tiny_bundle) as engine:
-        engine.flows.submit = None  # the host flow pool must not be asked
+        assert engine.flows is None  # no host flow pool to ask
         engine.open_stream("cam", "make it an oil painting")
         outs = [engine.process(frames[i:i + 2], "cam") for i in range(0, 8, 2)]
         assert engine.counters["refreshes"] == 3 and engine.counters["refresh_failures"] == 0
@@ -83,7 +84,13 @@ def test_engine_refreshes_with_torch_flows(tiny_bundle, bikes_path):
 
 def test_auto_flows_are_opencvs_on_the_cpu(tiny_bundle):
     with StreamEngine(EngineConfig(size=64, batch=2, compile="none"), tiny_bundle) as engine:
-        assert engine.flow_backend == "opencv"
+        assert engine.flow_backend == "opencv" and isinstance(engine.flows, FlowPool)
+    assert resolve_flow_backend("auto", cuda=True) == "torch" and resolve_flow_backend("opencv", cuda=True) == "opencv"
+
+
+def test_flows_on_the_device_start_no_host_flow_threads(tiny_bundle):
+    with StreamEngine(EngineConfig(size=64, batch=2, compile="none", flow_backend="torch"), tiny_bundle) as engine:
+        assert engine.flows is None
 
 
 def test_an_unknown_flow_backend_is_named(tiny_bundle):

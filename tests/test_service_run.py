@@ -45,6 +45,8 @@ def test_run_writes_every_frame_in_order_and_cleans_up(tmp_path, short_clip, tin
     assert "RANDOM WEIGHTS" in result.stdout  # never presented as a stylisation
     gpu = re.search(r"gpu: (\d+) frames in (\d+) batches", result.stdout)  # the GPU worker's own account
     assert gpu and int(gpu[1]) == FRAMES and FRAMES / BATCH <= int(gpu[2]) <= FRAMES, result.stdout
+    # On the CPU the refresh flows are OpenCV's, computed by the flow process the supervisor started.
+    assert "(flows: opencv)" in result.stdout and list((runtime / "logs").glob("*/flow.log"))
     written, codec = decode_video(out)
     assert codec == "h264" and written.shape == (FRAMES, SIZE, SIZE, 3)
     if shutil.which("ffprobe"):
@@ -136,4 +138,6 @@ def test_run_with_flows_computed_by_the_gpu_worker(tmp_path, short_clip):
     assert refreshes and int(refreshes[1]) >= 3, result.stdout  # 8 batches, a refresh every second one
     assert refreshes[2] == "torch"
     assert "refresh skipped" not in result.stderr
+    # The worker said so before loading its models: no flow process was started (nor flow rings made).
+    assert list((tmp_path / "rt" / "logs").glob("*/gpu.log")) and not list((tmp_path / "rt" / "logs").glob("*/flow.log"))
     assert decode_video(out)[0].shape == (FRAMES, SIZE, SIZE, 3)

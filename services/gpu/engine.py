@@ -66,6 +66,12 @@ def release_compile_workers() -> None:
     shutdown_compile_workers()
 
 
+def resolve_flow_backend(backend: str, cuda: bool) -> str:
+    """Where refresh flows are computed: "auto" means on the engine's device with CUDA (no host cores, no
+    wait), with OpenCV on the CPU (far quicker there than the same function in torch)."""
+    return backend if backend != "auto" else ("torch" if cuda else "opencv")
+
+
 class EngineError(ValueError):
     """A request the engine cannot serve (bad frames, unknown stream, bad setting); says which."""
 
@@ -172,7 +178,7 @@ class StreamEngine:
         self._cond_fn = self._conditioning
         # The same function either way (farneback.py matches OpenCV to float rounding); on the GPU it needs no host
         # cores and no wait, on the CPU OpenCV's is far quicker.
-        self.flow_backend = config.flow_backend if config.flow_backend != "auto" else ("torch" if self.cuda else "opencv")
+        self.flow_backend = resolve_flow_backend(config.flow_backend, self.cuda)
         for part in config.channels_last if self.cuda else ():
             # TAESD runs 64-channel convolutions at full resolution, where cuDNN's NCHW bf16 kernels transpose
             # every activation. The uint8 frames arrive NHWC, so the input permute is free, and so is the
@@ -202,8 +208,9 @@ class StreamEngine:
                 self._cond_fn = torch.compile(self._conditioning, mode=config.compile, dynamic=False, fullgraph=True)
         self.streams: dict[str, StreamState] = {}
         self.refresh_policy = RefreshPolicy.from_config(config)
-        self._own_flows = flow_provider is None
-        self.flows = FlowPool(config.flow_workers) if flow_provider is None else flow_provider
+        # Host flows come from the caller's provider (the service's flow process) or a thread pool of our own.
+        self._own_flows = flow_provider is None and self.flow_backend == "opencv"
+        self.flows = FlowPool(config.flow_workers) if self._own_flows else flow_provider
         self._graphs: dict[tuple, CapturedCall] = {}
         self._pools: dict[str, object] = {}
         self._adapter_rows: tuple | None = None

@@ -27,8 +27,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from services.gpu.engine import BatchOutput, EngineConfig, EngineError, StreamEngine, release_compile_workers
-from services.gpu.profiles import load_profile
+from services.gpu.engine import (
+    BatchOutput,
+    EngineConfig,
+    EngineError,
+    StreamEngine,
+    release_compile_workers,
+    resolve_flow_backend,
+)
+from services.gpu.profiles import load_profile, resolve_device
 from services.gpu.worker_stats import WorkerStats
 from shared.bus import wait_readable
 from shared.process import ChildProcess
@@ -223,9 +230,12 @@ class GpuWorker:
         device = worker_device(s.model.device, worker, workers)
         if device != "cpu":  # host-side torch work is small: don't let every worker spawn a thread per core
             torch.set_num_threads(max(1, min(4, (os.cpu_count() or 4) // (4 * workers))))
+        # Said before the models load: the supervisor starts the flow process only for flows on host cores.
+        self.flow_backend = resolve_flow_backend(s.engine.flow_backend, resolve_device(device).type == "cuda")
+        proc.set_state(ProcessState.STARTING, f"flows={self.flow_backend}")
         bundle = load_profile(s.model.profile, device, s.model.dtype, taesd_path=s.model.taesd_path, seed=s.engine.seed)
         self.device = str(bundle.device)
-        self.flows = FlowClient(proc, self.size, worker)
+        self.flows = FlowClient(proc, self.size, worker) if self.flow_backend == "opencv" else None
         self.engine = StreamEngine(engine_config(s, bundle.device.type == "cuda"), bundle, flow_provider=self.flows)
         self._warm_up()
         log.info("engine ready: %s, %s", bundle.describe(), self.engine.config)
@@ -415,7 +425,7 @@ class GpuWorker:
         if st.last_ref is None:
             return
         keep = min(st.last_ref.seq, st.written_seq + 1)
-        held = self.flows.holds(st.name)
+        held = self.flows.holds(st.name) if self.flows is not None else None
         if held is not None:
             keep = min(keep, held)
         st.in_ring.release(keep)  # seq == write index on input rings
@@ -497,7 +507,7 @@ class GpuWorker:
     # ---- loop --------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.proc.set_state(ProcessState.READY, f"device={self.device}")
+        self.proc.set_state(ProcessState.READY, f"device={self.device} flows={self.flow_backend}")
         channels = [self.frames, self.control]
         drain_deadline = None
         while True:
@@ -531,7 +541,8 @@ class GpuWorker:
             if self.device.startswith("cuda"):
                 self.proc.metrics.gpu_memory.labels(self.device, "allocated").set(torch.cuda.memory_allocated())
         self.engine.close()
-        self.flows.close()
+        if self.flows is not None:
+            self.flows.close()
         self.proc.write_summary(self.stats.summary() | {"refreshes": self.engine.counters["refreshes"],
                                                          "refresh_failures": self.engine.counters["refresh_failures"],
                                                          "flow_backend": self.engine.flow_backend})
