@@ -347,6 +347,13 @@ class EngineSettings(_Section):
         "the CPU. Both compute the "
         "same flows: on bikes at 512² they differ by 0.0002 px on average (float rounding; tests/test_farneback_torch.py).",
     )
+    cuda_streams: Literal[2, 3] = Field(
+        2,
+        description="CUDA streams of the GPU pipeline. 2: a side stream (upload, VAE encode, text encoder) beside the "
+        "main one (refresh, U-Net, decode), the paper's layout. 3: a refresh's flows move to the side stream and the "
+        "decode and download to a stream of their own, so the U-Net's stream carries only the U-Net and the refresh's "
+        "conditioning. Same results either way; 3 is opt-in until it is measured on a GPU. No effect on the CPU.",
+    )
     pipeline_depth: int = Field(
         3, ge=1, le=8,
         description="Batches queued ahead of the GPU's side stage; the worker keeps at most depth + 1 batches in "

@@ -160,3 +160,35 @@ def test_after_warm_up_no_constant_is_built_from_host_numbers(monkeypatch):
     monkeypatch.setattr(farneback_module.torch, "tensor", lambda *a, **k: built.append(a) or real_tensor(*a, **k))
     backward_flows(frames, frames[0])
     assert built == []
+
+
+def test_flows_computed_by_the_side_stage_give_the_same_frames(tiny_bundle, bikes_path):
+    """cuda_streams 3 moves a refresh's torch flows from the main stage to the side stage: same results."""
+    frames = real_frames(bikes_path, size=64, count=8)
+    outputs, conds = {}, {}
+    for streams in (2, 3):
+        config = EngineConfig(size=64, batch=2, cond_refresh=1, hooks="down_blocks", compile="none", flow_backend="torch",
+                              cuda_streams=streams)
+        torch.manual_seed(0)  # the same adapter initialisation for both engines
+        with StreamEngine(config, tiny_bundle) as engine:
+            calls = []
+            side, main = engine._side, engine._main
+            engine._side = lambda job: calls.append("side") or side(job)
+            engine._main = lambda job: calls.append("main") or main(job)
+            flow_fn = engine._flow_fn
+            engine._flow_fn = lambda cur, prev: calls.append("flow") or flow_fn(cur, prev)
+            st = engine.open_stream("cam", "make it an oil painting")
+            outputs[streams] = np.concatenate([engine.process(frames[i:i + 2], "cam") for i in range(0, 8, 2)])
+            conds[streams] = st.cond
+            assert engine.counters["refreshes"] == 3
+        # Where the flows ran: inside the side stage (before its main stage) with 3 streams, inside main with 2.
+        expected = ["side", "main"] + ["side", "main", "flow"] * 3 if streams == 2 else ["side", "main"] + ["side", "flow", "main"] * 3
+        assert calls == expected, (streams, calls)
+    np.testing.assert_array_equal(outputs[2], outputs[3])
+    for key in conds[2]:  # the conditioning is built from the flows: equal only if the flows were
+        torch.testing.assert_close(conds[2][key], conds[3][key], rtol=0, atol=0)
+
+
+def test_an_unknown_stream_layout_is_named():
+    with pytest.raises(EngineError, match="cuda_streams 4"):
+        EngineConfig(cuda_streams=4).validate()

@@ -62,3 +62,26 @@ def test_no_recompilation_when_the_conditioning_changes_on_cuda(cuda_bundle, bik
         after = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert engine.streams["s"].refreshes == 5
     assert after == before
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_three_cuda_streams_compute_what_two_compute(cuda_bundle, bikes_path, graphs):
+    """cuda_streams 3 decodes on a stream of its own and takes the flows to the side stream; a refresh on the main
+    stream must wait for the previous batch's decode there. A live adapter makes every output depend on it."""
+    frames = real_frames(bikes_path, 128, 24)
+    results = {}
+    for streams in (2, 3):
+        torch.manual_seed(0)
+        config = EngineConfig(size=128, batch=4, hooks="down_blocks", cond_refresh=1, compile="none", cuda_graphs=graphs,
+                              cuda_streams=streams)
+        with StreamEngine(config, cuda_bundle) as engine:
+            for module in engine.adapter.modules_dict.values():  # the zero-initialised output layer made live
+                torch.nn.init.normal_(module.up[0].weight, std=0.05)
+            engine.open_stream("s", "make it an oil painting", seed=1)
+            futures = [engine.submit(frames[i : i + 4], "s") for i in range(0, 24, 4)]  # queued: pipelined
+            outs = [f.result() for f in futures]
+            assert engine.counters["refreshes"] == 5 and engine.flow_backend == "torch"
+            assert (engine.out_stream is None) == (streams == 2)
+        results[streams] = np.concatenate([o.frames for o in outs]).astype(float)
+    diff = np.abs(results[3] - results[2])
+    assert diff.mean() < 0.05 and diff.max() <= 2, f"mean {diff.mean():.3f}, max {diff.max():.0f} grey levels"

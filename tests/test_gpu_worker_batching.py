@@ -68,6 +68,13 @@ def test_settings_pipeline_depth_reaches_the_engine():
     assert engine_config(load_settings(None, env={}), cuda=True).pipeline_depth == 3
 
 
+def test_settings_cuda_streams_reach_the_engine():
+    assert engine_config(load_settings(None, env={}), cuda=True).cuda_streams == 2
+    assert engine_config(load_settings(None, env={}, overrides={"engine.cuda_streams": 3}), cuda=True).cuda_streams == 3
+    with pytest.raises(ConfigError, match="cuda_streams"):
+        load_settings(None, env={}, overrides={"engine.cuda_streams": 4})
+
+
 def test_settings_buckets_reach_the_engine():
     settings = load_settings(None, env={}, overrides={"engine.batch": 8, "engine.buckets": [1, 2, 4]})
     assert engine_config(settings, cuda=True).buckets == (1, 2, 4)

@@ -100,6 +100,10 @@ class EngineConfig:
     flow_workers: int = 8
     flow_backend: str = "auto"  # opencv: host threads (or the flow process); torch: on the engine's device; auto: torch on CUDA
     flow_timeout_s: float = 10.0  # a refresh whose flow takes longer keeps the previous conditioning
+    # 2: side (upload, VAE encode, text encoder) + main (refresh, U-Net, decode): the paper's layout. 3 (opt-in,
+    # not yet measured): the refresh flows join the side stream and decode + download get a stream of their own,
+    # so the U-Net's stream, the busiest, carries only the U-Net and the refresh's conditioning.
+    cuda_streams: int = 2
     keep_latents: bool = False  # return final latents too (tests)
 
     def validate(self) -> None:
@@ -111,6 +115,8 @@ class EngineConfig:
             raise EngineError(f"steps {self.steps} out of range 1..8")
         if self.flow_backend not in FLOW_BACKENDS:
             raise EngineError(f"flow_backend {self.flow_backend!r}; use one of {FLOW_BACKENDS}")
+        if self.cuda_streams not in (2, 3):
+            raise EngineError(f"cuda_streams {self.cuda_streams}; use 2 or 3")
         if self.te_mode not in TE_MODES:
             raise EngineError(f"te_mode {self.te_mode!r}; use one of {TE_MODES}")
         if self.compile not in COMPILE_MODES:
@@ -179,6 +185,7 @@ class StreamEngine:
         # The same function either way (farneback.py matches OpenCV to float rounding); on the GPU it needs no host
         # cores and no wait, on the CPU OpenCV's is far quicker.
         self.flow_backend = resolve_flow_backend(config.flow_backend, self.cuda)
+        self._flows_on_side = config.cuda_streams == 3 and self.flow_backend == "torch"
         for part in config.channels_last if self.cuda else ():
             # TAESD runs 64-channel convolutions at full resolution, where cuDNN's NCHW bf16 kernels transpose
             # every activation. The uint8 frames arrive NHWC, so the input permute is free, and so is the
@@ -215,6 +222,7 @@ class StreamEngine:
         self._pools: dict[str, object] = {}
         self._adapter_rows: tuple | None = None
         self._prev_main_end = None  # the previous batch's last main-stage mark: where the gap to the next is counted from
+        self.out_stream = None  # decode + download (cuda_streams 3)
         self._lock = threading.Lock()
         self._closed = False
         self._threads: list[threading.Thread] = []
@@ -222,6 +230,7 @@ class StreamEngine:
         if self.cuda:
             self.side_stream = torch.cuda.Stream(self.device)
             self.main_stream = torch.cuda.Stream(self.device)
+            self.out_stream = torch.cuda.Stream(self.device) if config.cuda_streams == 3 else None
             self._side_q: queue.Queue = queue.Queue(maxsize=config.pipeline_depth)
             self._main_q: queue.Queue = queue.Queue(maxsize=2)
             self._done_q: queue.Queue = queue.Queue(maxsize=4)
@@ -336,8 +345,13 @@ class StreamEngine:
         source = self._call(("vae_encode", bucket), self._vae_encode, frames)
         events += self._mark("after_vae")
         embeds, mask = self._text_encode(job, frames)
+        # cuda_streams 3: a refresh's flows need only this batch's inputs, so they leave the U-Net's stream.
+        flows = {start: self._device_flows(frames[start:end], flow.previous, family="side")
+                 for _, start, end, refresh, flow in job.segments
+                 if self._flows_on_side and refresh and isinstance(flow, DeviceFlow)}
         events += self._mark("side_end")
-        job.side = {"source": source, "embeds": embeds, "mask": mask, "noise": noise, "events": events, "frames": frames}
+        job.side = {"source": source, "embeds": embeds, "mask": mask, "noise": noise, "events": events, "frames": frames,
+                    "flows": flows}
         job.timings["side_host_ms"] = (time.perf_counter() - t0) * 1e3
 
     def _vae_encode_fn(self, frames_u8: torch.Tensor) -> torch.Tensor:
@@ -394,14 +408,17 @@ class StreamEngine:
             return embeds, mask
         return F.pad(embeds, (0, 0, 0, target - length)), F.pad(mask, (0, target - length))
 
-    def _refresh(self, st: StreamState, start: int, end: int, flow_future, frames: torch.Tensor) -> None:
+    def _refresh(self, st: StreamState, start: int, end: int, flow_future, frames: torch.Tensor,
+                 flows: torch.Tensor | None = None) -> None:
         """Warp the stream's previous output onto each new input and rebuild its adapter embedding.
 
         A refresh whose flow failed (e.g. a live source overwrote the frames) keeps the previous
         conditioning; it is logged and counted, never silent.
         """
         b = end - start
-        if isinstance(flow_future, DeviceFlow):
+        if flows is not None:
+            pass  # computed by the side stage (cuda_streams 3)
+        elif isinstance(flow_future, DeviceFlow):
             flows = self._device_flows(frames[start:end], flow_future.previous)
         else:
             try:
@@ -411,17 +428,19 @@ class StreamEngine:
                 self.counters["refresh_failures"] += 1
                 return
             flows = self._pad_rows(torch.from_numpy(flows).to(self.device, non_blocking=True))
+        if st.last_output_ready is not None:  # decoded on the output stream (cuda_streams 3)
+            torch.cuda.current_stream().wait_event(st.last_output_ready)
         embeddings = self._call(("refresh_cond", len(flows)), self._cond_fn, st.last_output, flows)
         st.cond = {key: value[:b] for key, value in zip(self.adapter.modules_dict, embeddings)}
         st.cond_version += 1
         st.refreshes += 1
         self.counters["refreshes"] += 1
 
-    def _device_flows(self, currents: torch.Tensor, previous: np.ndarray) -> torch.Tensor:
+    def _device_flows(self, currents: torch.Tensor, previous: np.ndarray, family: str | None = None) -> torch.Tensor:
         """Backward flows of (b, S, S, 3) device frames into `previous`, on the main stream, padded to the largest
         batch (rows past b repeat the last): one compiled and captured shape serves every stream's share of a batch."""
         prev = torch.from_numpy(previous).to(self.device, non_blocking=True)
-        return self._call(("flow", self.config.batch), self._flow_fn, self._pad_rows(currents), prev)
+        return self._call(("flow", self.config.batch), self._flow_fn, self._pad_rows(currents), prev, family=family)
 
     def _pad_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Repeat the last row up to the largest batch, the one shape the refresh graphs are captured at."""
@@ -455,17 +474,35 @@ class StreamEngine:
         if self.adapter is not None:
             for st, start, end, refresh, flow in job.segments:
                 if refresh:
-                    self._refresh(st, start, end, flow, side["frames"])
+                    self._refresh(st, start, end, flow, side["frames"], side["flows"].get(start))
             self._write_adapter_rows(job)
         events += self._mark("after_refresh")
         latents = self._call(("denoise", job.bucket, side["embeds"].shape[1]), self.denoiser.denoise,
                              side["noise"], side["source"], side["embeds"], side["mask"])
         events += self._mark("after_unet")
-        image, frames = self._call(("decode", job.bucket), self._decode, latents)
+        if self.out_stream is None:
+            self._decode_and_download(job, latents, events)
+            return
+        unet_done = torch.cuda.Event()
+        unet_done.record()
+        latents.record_stream(self.out_stream)
+        with torch.cuda.stream(self.out_stream):
+            self.out_stream.wait_event(unet_done)
+            self._decode_and_download(job, latents, events, family="out")
+        for st, _, _, _, _ in job.segments:  # the next refresh on the main stream warps it
+            st.last_output.record_stream(self.main_stream)
+            st.last_output_ready = job.side["decoded"]
+
+    def _decode_and_download(self, job: _Job, latents: torch.Tensor, events: list, family: str | None = None) -> None:
+        """Decode to uint8 frames, keep each stream's last output for its next refresh, start the download."""
+        image, frames = self._call(("decode", job.bucket), self._decode, latents, family=family)
         events += self._mark("main_end")
         b = len(job.rows)
         for st, start, end, _, _ in job.segments:
             st.last_output = image[end - 1].clamp(-1, 1)  # the frame as shown, before quantisation
+        if family == "out":  # before the download: a refresh on the main stream waits for this much only
+            job.side["decoded"] = torch.cuda.Event()
+            job.side["decoded"].record()
         job.side["out_frames"] = frames[:b].to("cpu", non_blocking=True) if self.cuda else frames[:b].clone()
         if self.config.keep_latents:
             job.side["latents"] = latents[:b].float().to("cpu", non_blocking=True)
@@ -495,15 +532,17 @@ class StreamEngine:
 
     # ---- graph capture / plain calls ------------------------------------------------------------------
 
-    def _call(self, key: tuple, fn, *args):
-        """Run `fn` eagerly on the CPU; on CUDA replay a graph captured for this shape key."""
+    def _call(self, key: tuple, fn, *args, family: str | None = None):
+        """Run `fn` eagerly on the CPU; on CUDA replay a graph captured for this shape key. Graphs replayed on one
+        stream share a memory pool (`family`: the stream; by default side for the encoders, else main); graphs
+        that may run at once on different streams must not."""
         if not (self.cuda and self.config.cuda_graphs):
             with torch.no_grad():
                 out = fn(*args)
             return out
         graph = self._graphs.get(key)
         if graph is None:
-            family = "side" if key[0] in ("vae_encode", "text_encode") else "main"
+            family = family or ("side" if key[0] in ("vae_encode", "text_encode") else "main")
             log.info("capturing CUDA graph %s", key)
             graph = CapturedCall(fn, args, pool=self._pools.get(family))
             self._pools.setdefault(family, graph.pool)
@@ -547,7 +586,8 @@ class StreamEngine:
         waiting for this batch's side path; side_lag_ms: how long after the previous main end this batch's
         side path began (> 0: the batch arrived late, the feeder is the wall, not the GPU).
         """
-        prev, self._prev_main_end = self._prev_main_end, main[-1]
+        # The U-Net's stream ends its part at the decode (2 streams) or after the U-Net (3: decode runs elsewhere).
+        prev, self._prev_main_end = self._prev_main_end, main[-1] if self.out_stream is None else main[2]
         if prev is None:
             return {}
         ms = self._ms
@@ -577,7 +617,8 @@ class StreamEngine:
             try:
                 with torch.cuda.stream(self.side_stream):
                     self._side(job)
-                    for value in job.side.values():  # made on the side stream, freed only after main used it
+                    # Made on the side stream, freed only after main used them.
+                    for value in [*job.side.values(), *job.side["flows"].values()]:
                         if isinstance(value, torch.Tensor):
                             value.record_stream(self.main_stream)
                     job.side["ready"] = torch.cuda.Event()

@@ -40,6 +40,7 @@ class StreamState:
     batches: int = 0  # batches this stream took part in
     last_input: np.ndarray | None = None  # host copy of the previous batch's last input (flow source)
     last_output: torch.Tensor | None = None  # device (3, S, S) in [-1, 1], written by the main stage
+    last_output_ready: object = None  # CUDA event after which last_output exists (cuda_streams 3: another stream)
     cond: dict[str, torch.Tensor] | None = None  # LLLite embeddings of the last refresh
     cond_version: int = 0
     refreshes: int = 0

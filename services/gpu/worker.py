@@ -74,6 +74,7 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
         encoder_size=e.encoder_image_size, compile=compile_mode, compile_parts=tuple(m.compile_parts),
         channels_last=tuple(m.channels_last), cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
         buckets=tuple(e.buckets), pipeline_depth=e.pipeline_depth, flow_backend=e.flow_backend,
+        cuda_streams=e.cuda_streams,
     )
 
 
