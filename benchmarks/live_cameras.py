@@ -60,7 +60,7 @@ def run_cameras(args, clip: Path, cameras: int, tmp: Path) -> dict:
     settings = load_settings(None, overrides={
         "model.profile": args.profile, "engine.size": args.size, "engine.batch": args.batch,
         "engine.buckets": args.buckets, "engine.max_batch_wait_ms": args.max_batch_wait_ms,
-        "model.compile_mode": args.compile, "streams": streams,
+        "model.compile_mode": args.compile, "model.compile_buckets": args.compile_buckets, "streams": streams,
     })
     summary = run_pipeline(settings, progress=False)
     per_stream = {}
@@ -92,6 +92,8 @@ def main() -> int:
     parser.add_argument("--buckets", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 2, 4])
     parser.add_argument("--max-batch-wait-ms", type=float, default=50.0)
     parser.add_argument("--compile", default="auto")
+    parser.add_argument("--compile-buckets", choices=("all", "largest"), default="all",
+                        help="compile every bucket, or only the full batch (one compile at start-up)")
     parser.add_argument("--naive-frames", type=int, default=4, help="frames of the naive 4-step pipeline (0: skip)")
     parser.add_argument("--prompt", default="make it an oil painting")
     parser.add_argument("--out", default="benchmarks/results")
@@ -100,7 +102,8 @@ def main() -> int:
         "kind": "live_cameras", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in sys.argv), "profile": args.profile,
         "config": {"batch": args.batch, "buckets": args.buckets, "size": args.size, "fps": args.fps,
-                   "seconds": args.seconds, "max_batch_wait_ms": args.max_batch_wait_ms, "compile": args.compile},
+                   "seconds": args.seconds, "max_batch_wait_ms": args.max_batch_wait_ms, "compile": args.compile,
+                   "compile_buckets": args.compile_buckets},
         "note": "random weights: speed only, output is not a stylisation" if args.profile.startswith("synthetic-") else "",
         "runs": [],
     }

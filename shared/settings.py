@@ -246,6 +246,12 @@ class ModelSettings(_Section):
         description="What compile_mode compiles. Each part costs start-up time per batch bucket (on an H100 about 85 s "
         "for the U-Net and 50 s for the text encoder); leaving one out starts faster and runs it uncompiled.",
     )
+    compile_buckets: Literal["all", "largest"] = Field(
+        "all",
+        description="Which batch buckets (engine.buckets) the compile covers: 'all', or only the 'largest' (engine.batch), "
+        "so start-up pays one compile however many buckets there are and smaller batches run uncompiled, still as CUDA "
+        "graphs (slower per frame, but they run when few frames wait).",
+    )
     channels_last: list[Literal["unet", "vae"]] = Field(
         ["vae"], description="Parts whose convolutions run channels-last on CUDA (a memory-layout change; the values are the same)."
     )

@@ -85,3 +85,20 @@ def test_three_cuda_streams_compute_what_two_compute(cuda_bundle, bikes_path, gr
         results[streams] = np.concatenate([o.frames for o in outs]).astype(float)
     diff = np.abs(results[3] - results[2])
     assert diff.mean() < 0.05 and diff.max() <= 2, f"mean {diff.mean():.3f}, max {diff.max():.0f} grey levels"
+
+
+def test_compiling_only_the_largest_bucket_leaves_smaller_batches_uncompiled(cuda_bundle, bikes_path):
+    import torch._dynamo.utils
+
+    frames = real_frames(bikes_path, 128, 13)
+    config = EngineConfig(size=128, batch=4, buckets=(1, 4), hooks="down_blocks", compile="default",
+                          compile_buckets="largest")
+    with StreamEngine(config, cuda_bundle) as engine:
+        engine.open_stream("s", "make it an oil painting")
+        engine.submit(frames[:4], "s").result()
+        engine.submit(frames[4:8], "s").result()  # the refresh path compiles too (always at the full batch)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        one = engine.submit(frames[8:9], "s").result()
+        four = engine.submit(frames[9:13], "s").result()
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the 1-row batch compiled nothing
+    assert (one.bucket, four.bucket) == (1, 4) and one.frames.shape == (1, 128, 128, 3)

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
-from services.gpu.engine import EngineConfig, StreamEngine
+from services.gpu.engine import ByBatchSize, EngineConfig, EngineError, StreamEngine
 from services.gpu.worker import GpuWorker, dispatch_due, engine_config, refresh_flags
 from shared.protocol import FrameFlags, now
 from shared.settings import ConfigError, load_settings
@@ -73,6 +74,26 @@ def test_settings_cuda_streams_reach_the_engine():
     assert engine_config(load_settings(None, env={}, overrides={"engine.cuda_streams": 3}), cuda=True).cuda_streams == 3
     with pytest.raises(ConfigError, match="cuda_streams"):
         load_settings(None, env={}, overrides={"engine.cuda_streams": 4})
+
+
+def test_settings_compile_buckets_reach_the_engine():
+    assert engine_config(load_settings(None, env={}), cuda=True).compile_buckets == "all"
+    settings = load_settings(None, env={}, overrides={"model.compile_buckets": "largest"})
+    assert engine_config(settings, cuda=True).compile_buckets == "largest"
+    with pytest.raises(ConfigError, match="compile_buckets"):
+        load_settings(None, env={}, overrides={"model.compile_buckets": "smallest"})
+    with pytest.raises(EngineError, match="compile_buckets 'some'"):
+        EngineConfig(compile_buckets="some").validate()
+
+
+def test_only_the_chosen_batch_sizes_take_the_compiled_function():
+    calls = []
+    compiled = lambda x, scale=1: calls.append(("compiled", x.shape[0], scale)) or x  # noqa: E731
+    eager = lambda x, scale=1: calls.append(("eager", x.shape[0], scale)) or x  # noqa: E731
+    fn = ByBatchSize(compiled, eager, {8})
+    for rows in (8, 1, 4, 8):
+        fn(torch.zeros(rows, 3), scale=rows)
+    assert calls == [("compiled", 8, 8), ("eager", 1, 1), ("eager", 4, 4), ("compiled", 8, 8)]
 
 
 def test_settings_buckets_reach_the_engine():

@@ -72,6 +72,17 @@ def resolve_flow_backend(backend: str, cuda: bool) -> str:
     return backend if backend != "auto" else ("torch" if cuda else "opencv")
 
 
+class ByBatchSize:
+    """`compiled` for batches of the sizes in `sizes` (the first argument's leading dimension), `eager` for the
+    others: with `compile_buckets` "largest" only the full batch pays the compile at start-up."""
+
+    def __init__(self, compiled, eager, sizes: set[int]):
+        self.compiled, self.eager, self.sizes = compiled, eager, sizes
+
+    def __call__(self, *args, **kwargs):
+        return (self.compiled if args[0].shape[0] in self.sizes else self.eager)(*args, **kwargs)
+
+
 class EngineError(ValueError):
     """A request the engine cannot serve (bad frames, unknown stream, bad setting); says which."""
 
@@ -93,6 +104,7 @@ class EngineConfig:
     encoder_size: int = 256  # the frame goes to the text encoder at this size
     compile: str = "default"  # torch.compile mode on CUDA; "none" for eager
     compile_parts: tuple[str, ...] = COMPILE_PARTS  # what `compile` covers: fewer parts start faster, run slower
+    compile_buckets: str = "all"  # all: every batch bucket compiled; largest: only `batch` (smaller ones run uncompiled)
     channels_last: tuple[str, ...] = ("vae",)  # whose convolutions run NHWC on CUDA (a layout change: same arithmetic)
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
@@ -121,6 +133,8 @@ class EngineConfig:
             raise EngineError(f"te_mode {self.te_mode!r}; use one of {TE_MODES}")
         if self.compile not in COMPILE_MODES:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
+        if self.compile_buckets not in ("all", "largest"):
+            raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
             raise EngineError(f"compile_parts {sorted(unknown)} unknown; use some of {COMPILE_PARTS}")
         if unknown := set(self.channels_last) - set(CHANNELS_LAST_PARTS):
@@ -193,19 +207,25 @@ class StreamEngine:
             # the naive pipeline in the same process sees it too.
             getattr(bundle, part).to(memory_format=torch.channels_last)
         if self.compiled:
-            allow_recompiles(len(self.buckets) * len(UNET_TOKEN_BUCKETS) * 2)
+            compiled_buckets = set(self.buckets) if config.compile_buckets == "all" else {config.batch}
+            allow_recompiles(len(compiled_buckets) * len(UNET_TOKEN_BUCKETS) * 2)
             parts = set(config.compile_parts)
+
+            def compiled(fn, fullgraph: bool):
+                traced = torch.compile(fn, mode=config.compile, dynamic=False, fullgraph=fullgraph)
+                return traced if compiled_buckets == set(self.buckets) else ByBatchSize(traced, fn, compiled_buckets)
+
             if "unet" in parts:
-                self.denoiser.unet_fn = torch.compile(bundle.unet, mode=config.compile, dynamic=False, fullgraph=False)
+                self.denoiser.unet_fn = compiled(bundle.unet, fullgraph=False)
             if "text_encoder" in parts:
                 # Both towers: fused norms, rotary and residuals, 1.8× on an H100 alone; the once-per-device
                 # constants are built first so the traced function only reads them.
                 self.encoder.prepare(self.device, self.dtype)
-                self._encoder_fn = torch.compile(self.encoder.forward, mode=config.compile, dynamic=False, fullgraph=True)
+                self._encoder_fn = compiled(self.encoder.forward, fullgraph=True)
             if "vae" in parts:
                 # With the scaling, clamping and uint8 packing around it fused into the convolutions' epilogues.
-                self._vae_encode = torch.compile(self._vae_encode_fn, mode=config.compile, dynamic=False, fullgraph=True)
-                self._decode = torch.compile(self.denoiser.decode, mode=config.compile, dynamic=False, fullgraph=True)
+                self._vae_encode = compiled(self._vae_encode_fn, fullgraph=True)
+                self._decode = compiled(self.denoiser.decode, fullgraph=True)
             if self.flow_backend == "torch":
                 warm_constants(self.device)
                 # ≈ 600 small kernels eager (48 ms for 16 frames at 512² on an H100, more beside the side stage).
