@@ -3,7 +3,9 @@
 Per batch n:
   side stream  (side thread): upload frames, VAE-encode, text-encode (frame at 256² + instruction);
   main stream  (main thread): rebuild the LLLite conditioning on refresh batches, K U-Net steps, decode.
-Batch n+1's side work overlaps batch n's main work; one CUDA event joins them. The side path never
+Batch n+1's side work overlaps batch n's main work; one CUDA event joins them. With `cuda_streams=3`
+(opt-in) the refresh flows run on the side stream and the decode + download on a third stream, joined to
+the main stream by events (the U-Net's end; the decoded frame a later refresh warps). The side path never
 syncs the host (the stock encoder's rotary `.item()` is gone: positions are precomputed), and each
 path is a few CUDA-graph replays, so two Python threads can feed the GPU without fighting over the GIL.
 A third thread waits for finished batches and hands results back.
@@ -457,8 +459,9 @@ class StreamEngine:
         self.counters["refreshes"] += 1
 
     def _device_flows(self, currents: torch.Tensor, previous: np.ndarray, family: str | None = None) -> torch.Tensor:
-        """Backward flows of (b, S, S, 3) device frames into `previous`, on the main stream, padded to the largest
-        batch (rows past b repeat the last): one compiled and captured shape serves every stream's share of a batch."""
+        """Backward flows of (b, S, S, 3) device frames into `previous`, on the current stream (main; side with
+        cuda_streams 3), padded to the largest batch (rows past b repeat the last): one compiled and captured shape
+        serves every stream's share of a batch."""
         prev = torch.from_numpy(previous).to(self.device, non_blocking=True)
         return self._call(("flow", self.config.batch), self._flow_fn, self._pad_rows(currents), prev, family=family)
 
