@@ -187,7 +187,9 @@ class Supervisor:
             if self.stop_requested.is_set():
                 raise SupervisorError("stopped before the GPU worker was ready")
             if time.monotonic() > deadline:
-                raise SupervisorError(f"the GPU worker was not ready after {timeout_s:.0f} s (see {self.log_dir}/gpu.log)")
+                which = "flow process" if self.gpu_ready else "GPU worker"
+                log_name = "flow.log" if self.gpu_ready else "gpu.log"
+                raise SupervisorError(f"the {which} was not ready after {timeout_s:.0f} s (see {self.log_dir}/{log_name})")
             self.step(0.1)
 
     def add_configured_streams(self) -> None:
