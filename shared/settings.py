@@ -252,6 +252,12 @@ class ModelSettings(_Section):
         "so start-up pays one compile however many buckets there are and smaller batches run uncompiled, still as CUDA "
         "graphs (slower per frame, but they run when few frames wait).",
     )
+    fp8: list[Literal["text_encoder", "unet"]] = Field(
+        [],
+        description="Parts whose large linear layers (both sizes multiples of 16, at least 512) multiply in FP8 e4m3 "
+        "with per-row scales: an APPROXIMATION, off by default, for GPUs of compute capability 8.9+ (Ada, Hopper). "
+        "benchmarks/fp8_accuracy.py reports the cosine similarity of its outputs against bf16.",
+    )
     channels_last: list[Literal["unet", "vae"]] = Field(
         ["vae"], description="Parts whose convolutions run channels-last on CUDA (a memory-layout change; the values are the same)."
     )

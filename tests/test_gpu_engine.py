@@ -102,3 +102,23 @@ def test_compiling_only_the_largest_bucket_leaves_smaller_batches_uncompiled(cud
         four = engine.submit(frames[9:13], "s").result()
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # the 1-row batch compiled nothing
     assert (one.bucket, four.bucket) == (1, 4) and one.frames.shape == (1, 128, 128, 3)
+
+
+def test_fp8_linears_compile_capture_and_stay_close_on_cuda(cuda_bundle, bikes_path, monkeypatch):
+    """FP8 products (torch._scaled_mm, per-row scales) need compute capability 8.9+; compiled and graphed here."""
+    from services.gpu import fp8
+
+    if fp8.fp8_problem(torch.device("cuda")):
+        pytest.skip(fp8.fp8_problem(torch.device("cuda")))
+    monkeypatch.setattr(fp8, "MIN_FEATURES", 16)  # the tiny profile's layers are 32–128 wide
+    frames = real_frames(bikes_path, 128, 8)
+    latents = {}
+    for parts in ((), ("text_encoder", "unet")):
+        config = EngineConfig(size=128, batch=4, hooks="down_blocks", compile="default", keep_latents=True, fp8=parts)
+        with StreamEngine(config, cuda_bundle) as engine:
+            assert (engine.fp8_layers > 0) == bool(parts)
+            engine.open_stream("s", "make it an oil painting", seed=3)
+            latents[parts] = torch.cat([engine.submit(frames[i : i + 4], "s").result().latents for i in (0, 4)])
+    a, b = latents[()].flatten().float(), latents[("text_encoder", "unet")].flatten().float()
+    similarity = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    assert 0.98 < similarity < 1.0, similarity

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .conditioning import DeviceFlow, FlowPool, warp_on_device
 from .denoise import EditDenoiser
 from .farneback import backward_flows, warm_constants
+from .fp8 import FP8_PARTS, fp8_problem, restore_linears, use_fp8
 from .graphs import CapturedCall
 from .lllite import TemporalLLLite
 from .profiles import ModelBundle
@@ -118,6 +119,7 @@ class EngineConfig:
     # not yet measured): the refresh flows join the side stream and decode + download get a stream of their own,
     # so the U-Net's stream, the busiest, carries only the U-Net and the refresh's conditioning.
     cuda_streams: int = 2
+    fp8: tuple[str, ...] = ()  # parts (text_encoder, unet) whose large linears run in FP8: an approximation, opt-in
     keep_latents: bool = False  # return final latents too (tests)
 
     def validate(self) -> None:
@@ -135,6 +137,8 @@ class EngineConfig:
             raise EngineError(f"te_mode {self.te_mode!r}; use one of {TE_MODES}")
         if self.compile not in COMPILE_MODES:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
+        if unknown := set(self.fp8) - set(FP8_PARTS):
+            raise EngineError(f"fp8 {sorted(unknown)} unknown; use some of {FP8_PARTS}")
         if self.compile_buckets not in ("all", "largest"):
             raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
@@ -202,6 +206,14 @@ class StreamEngine:
         # cores and no wait, on the CPU OpenCV's is far quicker.
         self.flow_backend = resolve_flow_backend(config.flow_backend, self.cuda)
         self._flows_on_side = config.cuda_streams == 3 and self.flow_backend == "torch"
+        self._fp8_modules = [m for part in config.fp8 for m in self._part_modules(bundle, part)]
+        self.fp8_layers = 0
+        if self._fp8_modules:
+            if problem := fp8_problem(self.device):
+                raise EngineError(problem)
+            # In place on the bundle's modules (restored on close): an approximation, so never without being asked.
+            self.fp8_layers = sum(len(use_fp8(module)) for module in self._fp8_modules)
+            log.info("FP8 linears in %s: %d layers", ", ".join(config.fp8), self.fp8_layers)
         for part in config.channels_last if self.cuda else ():
             # TAESD runs 64-channel convolutions at full resolution, where cuDNN's NCHW bf16 kernels transpose
             # every activation. The uint8 frames arrive NHWC, so the input permute is free, and so is the
@@ -256,6 +268,10 @@ class StreamEngine:
             self._side_q: queue.Queue = queue.Queue(maxsize=config.pipeline_depth)
             self._main_q: queue.Queue = queue.Queue(maxsize=2)
             self._done_q: queue.Queue = queue.Queue(maxsize=4)
+
+    @staticmethod
+    def _part_modules(bundle: ModelBundle, part: str) -> list[torch.nn.Module]:
+        return [bundle.text_encoder] if part == "text_encoder" else [bundle.unet]  # the former holds both towers
 
     @property
     def compiled(self) -> bool:
@@ -687,6 +703,8 @@ class StreamEngine:
             self.flows.close()
         if self.adapter is not None:
             self.adapter.detach()  # the U-Net is shared with whoever loaded the bundle
+        for module in self._fp8_modules:
+            restore_linears(module)
 
     def __enter__(self) -> "StreamEngine":
         return self
