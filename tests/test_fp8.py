@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.gpu import fp8
-from services.gpu.engine import EngineConfig, EngineError, StreamEngine
+from services.gpu.engine import EngineConfig, EngineError
 from services.gpu.fp8 import Fp8Linear, quantise_rows, restore_linears, use_fp8
 from tests.conftest import real_frames
+from tests.support.fp8_runs import fp8_against_reference
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -52,18 +53,11 @@ def test_small_layers_stay_as_they_are():
 
 def test_engine_with_fp8_stays_close_and_gives_its_modules_back(tiny_bundle, bikes_path, monkeypatch):
     monkeypatch.setattr(fp8, "MIN_FEATURES", 16)  # the tiny profile's layers are 32–128 wide
-    frames = real_frames(bikes_path, 64, 4)
-    latents = {}
-    for parts in ((), ("text_encoder", "unet")):
-        config = EngineConfig(size=64, batch=2, hooks="down_blocks", compile="none", keep_latents=True, fp8=parts)
-        with StreamEngine(config, tiny_bundle) as engine:
-            converted = [m for m in (*tiny_bundle.unet.modules(), *tiny_bundle.text_encoder.modules()) if type(m) is Fp8Linear]
-            assert bool(converted) == bool(parts)
-            engine.open_stream("s", "make it an oil painting", seed=3)
-            latents[parts] = torch.cat([engine.submit(frames[i:i + 2], "s").result().latents for i in (0, 2)])
-        assert not [m for m in tiny_bundle.unet.modules() if type(m) is Fp8Linear]  # restored on close
-    similarity = cosine(latents[("text_encoder", "unet")], latents[()])
+    similarity, layers = fp8_against_reference(tiny_bundle, real_frames(bikes_path, 64, 4), batch=2, compile_mode="none")
+    assert layers[0] == 0 and layers[1] > 0
     assert 0.98 < similarity < 1.0, similarity
+    converted = [m for m in (*tiny_bundle.unet.modules(), *tiny_bundle.text_encoder.modules()) if type(m) is Fp8Linear]
+    assert not converted  # restored on close: the bundle is shared
 
 
 def test_unknown_parts_and_old_gpus_are_refused(monkeypatch):

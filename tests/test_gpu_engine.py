@@ -8,6 +8,7 @@ import torch
 
 from services.gpu.engine import EngineConfig, StreamEngine
 from tests.conftest import real_frames
+from tests.support.fp8_runs import fp8_against_reference
 
 pytestmark = pytest.mark.gpu
 
@@ -111,14 +112,6 @@ def test_fp8_linears_compile_capture_and_stay_close_on_cuda(cuda_bundle, bikes_p
     if fp8.fp8_problem(torch.device("cuda")):
         pytest.skip(fp8.fp8_problem(torch.device("cuda")))
     monkeypatch.setattr(fp8, "MIN_FEATURES", 16)  # the tiny profile's layers are 32–128 wide
-    frames = real_frames(bikes_path, 128, 8)
-    latents = {}
-    for parts in ((), ("text_encoder", "unet")):
-        config = EngineConfig(size=128, batch=4, hooks="down_blocks", compile="default", keep_latents=True, fp8=parts)
-        with StreamEngine(config, cuda_bundle) as engine:
-            assert (engine.fp8_layers > 0) == bool(parts)
-            engine.open_stream("s", "make it an oil painting", seed=3)
-            latents[parts] = torch.cat([engine.submit(frames[i : i + 4], "s").result().latents for i in (0, 4)])
-    a, b = latents[()].flatten().float(), latents[("text_encoder", "unet")].flatten().float()
-    similarity = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    similarity, layers = fp8_against_reference(cuda_bundle, real_frames(bikes_path, 128, 8), batch=4, compile_mode="default")
+    assert layers[0] == 0 and layers[1] > 0
     assert 0.98 < similarity < 1.0, similarity
