@@ -263,7 +263,9 @@ def test_rtsp_push_reaches_the_server(tmp_path):
             assert "pub-secret" not in repr(sink) and "***@" in sink.target
             for index in range(40):
                 sink.write(media.numbered_frame(index, S), pts=index)
-                time.sleep(0.005)
+                # At the stream's own rate, as a live push runs: the test server's RECORD pipeline keeps nothing
+                # of a push torn down before it has started (≈ 0.5 s; 0.3 s pushes came out empty every time).
+                time.sleep(1 / 25)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and recorded.stat().st_size == 0:
             time.sleep(0.05)
