@@ -114,14 +114,16 @@ def main() -> int:
             naive = in_child(naive_baseline, args.profile, args.clip, args.size, args.naive_frames, args.prompt)
             record.update(naive.pop("device"))
             record["naive"] = naive
+        cams = "-".join(str(c) for c in args.cameras)
+        stem = f"live_cameras_{args.profile}_{card_slug(str(record.get('card', 'unknown')))}_{cams}cams_B{args.batch}"
+        path = None
         for cameras in args.cameras:
             run = in_child(run_cameras, args, clip, cameras, tmp)
             record["runs"].append(run)
             print(json.dumps({k: v for k, v in run.items() if k != "streams"}, indent=1), flush=True)
-    if args.out:
-        cams = "-".join(str(c) for c in args.cameras)
-        card = card_slug(str(record.get("card", "unknown")))
-        path = write_result(record, args.out, f"live_cameras_{args.profile}_{card}_{cams}cams_B{args.batch}")
+            if args.out:  # rewritten after each run: a call cut short keeps the runs it finished
+                path = write_result(record, args.out, stem, path)
+    if path:
         print(f"wrote {path}")
     return 0
 

@@ -73,7 +73,7 @@ def service_record(service, engine: dict) -> dict:
             "gpu": service.gpu, "streams": service.streams, "logs": service.logs}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="synthetic-full")
     parser.add_argument("--clip", required=True)
@@ -91,14 +91,13 @@ def main() -> int:
                         help="also run the service with these settings (e.g. 'ring128 service.ring_slots=128'; "
                              "'nosink sinks=none' writes no output file); repeatable")
     parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     variants = [parse_variant(text) for text in args.variant]
     engine = bench(args.profile, args.clip, args.prompt,
                    EngineConfig(size=args.size, batch=args.batch, refresh_on_scene_cut=args.scene_cuts,
                                 flow_backend=args.flow_backend),
                    frames=args.frames, naive_steps=(4,) if args.naive_frames else (), naive_frames=args.naive_frames + 1,
                    out_dir=None)
-    service = in_child(run_service, args, {})
     record = {
         "kind": "service_vs_engine", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
@@ -109,15 +108,19 @@ def main() -> int:
                    if k in ("fps", "frames", "wall_s", "batch_wall_ms_p50", "batch_wall_ms_p95", "side_ms_p50", "main_ms_p50",
                             "refreshes")
                    or k.startswith(("main_gap", "side_wait", "side_lag", "refresh_ms_"))},
-        "service": service_record(service, engine),
+        "service": "not run yet",
     }
-    record["service_over_engine"] = service.fps / engine["engine"]["fps"]
     if engine["naive"]:
         record["naive"] = engine["naive"]
         record["engine"]["ratio_to_naive_steps4"] = engine["engine"]["ratio_to_naive_steps4"]
-        record["service"]["ratio_to_naive_steps4"] = service.fps / engine["naive"]["steps4"]["fps"]
     stem = f"service_vs_engine_{args.profile}_{card_slug(record.get('card', 'unknown'))}_B{args.batch}"
-    path = None
+    # Written now and rewritten after each run, so a call cut short (a device time limit) keeps what it measured.
+    path = write_result(record, args.out, stem) if args.out else None
+    service = in_child(run_service, args, {})
+    record["service"] = service_record(service, engine)
+    record["service_over_engine"] = service.fps / engine["engine"]["fps"]
+    if engine["naive"]:
+        record["service"]["ratio_to_naive_steps4"] = service.fps / engine["naive"]["steps4"]["fps"]
     for name, overrides in variants:  # the record is rewritten after each, so a run cut short keeps what it measured
         record["variants_done"] = f"{len(record.get('variants', {}))} of {len(variants)}"
         path = write_result(record, args.out, stem, path) if args.out else None

@@ -25,3 +25,21 @@ def test_variant_sink_options_reach_the_mp4_sink_and_leave_the_settings():
     assert overrides == {"engine.batch": 16}
     _, overrides = parse_variant("nosink sinks=none")
     assert bench_sinks(overrides, "/tmp/x") == [] and overrides == {}
+
+
+def test_a_comparison_cut_short_keeps_the_engine_figures(tmp_path, bikes_path, monkeypatch):
+    """A device call can end mid-run: the record is on disk before the service runs, and grows after each run."""
+    import json
+
+    import benchmarks.service_vs_engine as script
+
+    def cut_off(*_args, **_kwargs):
+        raise KeyboardInterrupt("the call's time limit")
+
+    monkeypatch.setattr(script, "in_child", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--profile", "synthetic-tiny", "--clip", bikes_path, "--frames", "8", "--size", "64", "--batch", "2",
+                     "--naive-frames", "0", "--out", str(tmp_path)])
+    [path] = tmp_path.glob("service_vs_engine_synthetic-tiny_*_B2_*.json")
+    record = json.loads(path.read_text())
+    assert record["engine"]["fps"] > 0 and record["engine"]["frames"] > 0 and record["service"] == "not run yet"
