@@ -187,8 +187,7 @@ class Supervisor:
             if self.stop_requested.is_set():
                 raise SupervisorError("stopped before the GPU worker was ready")
             if time.monotonic() > deadline:
-                which = "flow process" if self.gpu_ready else "GPU worker"
-                log_name = "flow.log" if self.gpu_ready else "gpu.log"
+                which, log_name = ("flow process", "flow.log") if self.gpu_ready else ("GPU worker", "gpu.log")
                 raise SupervisorError(f"the {which} was not ready after {timeout_s:.0f} s (see {self.log_dir}/{log_name})")
             self.step(0.1)
 
@@ -349,8 +348,8 @@ class Supervisor:
                 child.state, child.detail = str(msg.state), msg.detail
                 if child.module == "services.gpu":
                     self._note_flow_backend(child)
-                if child.module == "services.gpu" and msg.state == ProcessState.READY and child.worker not in self.ready_workers:
-                    self._gpu_became_ready(child.worker)
+                    if msg.state == ProcessState.READY and child.worker not in self.ready_workers:
+                        self._gpu_became_ready(child.worker)
         elif isinstance(msg, Ack):
             if msg.request_id:
                 self._acks[msg.request_id] = msg

@@ -356,8 +356,8 @@ class EngineSettings(_Section):
         "auto",
         description="Where a refresh's Farnebäck flows run: 'opencv' on the host's cores (the flow process), 'torch' on "
         "the GPU worker's device (no wait for host cores; no flow process is started), 'auto' torch on CUDA and opencv on "
-        "the CPU. Both compute the "
-        "same flows: on bikes at 512² they differ by 0.0002 px on average (float rounding; tests/test_farneback_torch.py).",
+        "the CPU. Both compute the same flows: on bikes at 512² they differ by 0.0002 px on average (float rounding; "
+        "tests/test_farneback_torch.py).",
     )
     cuda_streams: Literal[2, 3] = Field(
         2,

@@ -206,7 +206,8 @@ class StreamEngine:
         # cores and no wait, on the CPU OpenCV's is far quicker.
         self.flow_backend = resolve_flow_backend(config.flow_backend, self.cuda)
         self._flows_on_side = config.cuda_streams == 3 and self.flow_backend == "torch"
-        self._fp8_modules = [m for part in config.fp8 for m in self._part_modules(bundle, part)]
+        # The text encoder's module holds both towers (vision and language).
+        self._fp8_modules = [bundle.text_encoder if part == "text_encoder" else bundle.unet for part in config.fp8]
         self.fp8_layers = 0
         if self._fp8_modules:
             if problem := fp8_problem(self.device):
@@ -268,10 +269,6 @@ class StreamEngine:
             self._side_q: queue.Queue = queue.Queue(maxsize=config.pipeline_depth)
             self._main_q: queue.Queue = queue.Queue(maxsize=2)
             self._done_q: queue.Queue = queue.Queue(maxsize=4)
-
-    @staticmethod
-    def _part_modules(bundle: ModelBundle, part: str) -> list[torch.nn.Module]:
-        return [bundle.text_encoder] if part == "text_encoder" else [bundle.unet]  # the former holds both towers
 
     @property
     def compiled(self) -> bool:
@@ -451,14 +448,13 @@ class StreamEngine:
         """Warp the stream's previous output onto each new input and rebuild its adapter embedding.
 
         A refresh whose flow failed (e.g. a live source overwrote the frames) keeps the previous
-        conditioning; it is logged and counted, never silent.
+        conditioning; it is logged and counted, never silent. `flows`: already computed by the side stage
+        (cuda_streams 3), padded to the largest batch.
         """
         b = end - start
-        if flows is not None:
-            pass  # computed by the side stage (cuda_streams 3)
-        elif isinstance(flow_future, DeviceFlow):
+        if flows is None and isinstance(flow_future, DeviceFlow):
             flows = self._device_flows(frames[start:end], flow_future.previous)
-        else:
+        elif flows is None:
             try:
                 flows = flow_future.result(timeout=self.config.flow_timeout_s)
             except Exception as exc:
@@ -489,8 +485,7 @@ class StreamEngine:
     def _conditioning(self, previous_output: torch.Tensor, flows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The previous output warped onto each new input, through every hook's conditioning network: one
         embedding per hook (the adapter's module order) for each row."""
-        cond = warp_on_device(previous_output, flows).to(self.dtype)
-        return tuple(module.embed(cond) for module in self.adapter.modules_dict.values())
+        return tuple(self.adapter.compute_embeddings(warp_on_device(previous_output, flows).to(self.dtype)).values())
 
     def _write_adapter_rows(self, job: _Job) -> None:
         """Copy each stream's cached embedding into its batch rows, only when the layout changed."""
@@ -539,7 +534,7 @@ class StreamEngine:
         b = len(job.rows)
         for st, start, end, _, _ in job.segments:
             st.last_output = image[end - 1].clamp(-1, 1)  # the frame as shown, before quantisation
-        if family == "out":  # before the download: a refresh on the main stream waits for this much only
+        if self.out_stream is not None:  # before the download: a refresh on the main stream waits for this much only
             job.side["decoded"] = torch.cuda.Event()
             job.side["decoded"].record()
         job.side["out_frames"] = frames[:b].to("cpu", non_blocking=True) if self.cuda else frames[:b].clone()
