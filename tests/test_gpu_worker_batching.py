@@ -119,3 +119,33 @@ def test_partial_batches_run_at_the_smallest_bucket_that_fits(tiny_bundle):
         engine.open_stream("s", "oil painting", seed=1)
         shapes = [(len(part), engine.submit(part, "s").result()) for part in (frames[:1], frames[1:4], frames[4:5])]
     assert [(n, out.bucket, len(out.frames)) for n, out in shapes] == [(1, 1, 1), (3, 4, 3), (1, 1, 1)]
+
+
+def test_the_engine_builds_and_runs_with_only_the_largest_bucket_compiled(tiny_bundle, bikes_path, monkeypatch):
+    """The engine's compile branch (CUDA only) walked on the CPU with torch.compile recording what it wraps:
+    every compiled part must take its place (the U-Net's inside the denoiser module) and smaller batches run the
+    plain functions."""
+    from tests.conftest import real_frames
+
+    wrapped = []
+
+    def recording_compile(fn, **kwargs):
+        def traced(*args, **kw):
+            wrapped.append(getattr(fn, "__name__", type(fn).__name__))
+            return fn(*args, **kw)
+        return traced
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(StreamEngine, "compiled", property(lambda self: True))
+    config = EngineConfig(size=64, batch=4, buckets=(1, 4), hooks="down_blocks", compile="default",
+                          compile_buckets="largest")
+    frames = real_frames(bikes_path, 64, 5)
+    with StreamEngine(config, tiny_bundle) as engine:
+        assert isinstance(engine.denoiser.unet_fn, ByBatchSize) and engine.denoiser.unet_fn.sizes == {4}
+        engine.open_stream("s", "make it an oil painting")
+        four = engine.submit(frames[:4], "s").result()
+        calls_at_four = len(wrapped)
+        one = engine.submit(frames[4:5], "s").result()
+    assert {"DreamLiteUNetModel", "forward", "_vae_encode_fn", "decode"} <= set(wrapped[:calls_at_four])
+    assert "DreamLiteUNetModel" not in wrapped[calls_at_four:]  # the 1-row batch ran the plain U-Net
+    assert four.frames.shape == (4, 64, 64, 3) and one.frames.shape == (1, 64, 64, 3) and one.bucket == 1

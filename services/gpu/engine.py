@@ -75,14 +75,16 @@ def resolve_flow_backend(backend: str, cuda: bool) -> str:
     return backend if backend != "auto" else ("torch" if cuda else "opencv")
 
 
-class ByBatchSize:
+class ByBatchSize(torch.nn.Module):
     """`compiled` for batches of the sizes in `sizes` (the first argument's leading dimension), `eager` for the
-    others: with `compile_buckets` "largest" only the full batch pays the compile at start-up."""
+    others: with `compile_buckets` "largest" only the full batch pays the compile at start-up. A module, because
+    it may replace one (the denoiser's `unet_fn`)."""
 
     def __init__(self, compiled, eager, sizes: set[int]):
+        super().__init__()
         self.compiled, self.eager, self.sizes = compiled, eager, sizes
 
-    def __call__(self, *args, **kwargs):
+    def forward(self, *args, **kwargs):
         return (self.compiled if args[0].shape[0] in self.sizes else self.eager)(*args, **kwargs)
 
 
