@@ -97,6 +97,20 @@ class Child:
         return self.popen is not None and self.popen.poll() is None
 
 
+def last_error(log_path: Path | None, tail_bytes: int = 16384) -> str:
+    """The last exception line of a child's log ("ValueError: …; "), so a crash loop says why without a shell."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except (OSError, TypeError):
+        return ""
+    for line in reversed(lines):
+        if line and not line[0].isspace() and ("Error" in line or "Exception" in line) and ":" in line:
+            return f"{line.strip()[:300]}; "
+    return ""
+
+
 def silent_too_long(child: Child, now: float, svc) -> bool:
     """Whether a running child's silence means it hangs. One still starting (a GPU worker compiling and
     capturing) may starve its heartbeat thread for seconds at a time: it gets the start-up limit."""
@@ -283,7 +297,8 @@ class Supervisor:
             if child.restart_at is None:
                 if child.restarts >= self.settings.service.max_restarts:
                     child.finished = True
-                    self._child_failed(child, f"{child.name} died {child.restarts + 1} times (last exit code {code})")
+                    self._child_failed(child, f"{child.name} died {child.restarts + 1} times (last exit code {code}; "
+                                              f"{last_error(child.log_path)}see {child.log_path})")
                     continue
                 delay = min(0.5 * 2**child.restarts, 10.0)
                 child.restart_at = now_ + delay

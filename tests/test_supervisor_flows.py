@@ -50,3 +50,14 @@ def test_a_flow_process_that_never_comes_up_is_named(supervisor, monkeypatch):
     monkeypatch.setattr(supervisor, "step", lambda timeout: None)
     with pytest.raises(SupervisorError, match=r"the flow process was not ready after 0 s \(see .*flow\.log\)"):
         supervisor.wait_ready(timeout_s=0.01)
+
+
+def test_a_crash_loop_message_quotes_the_last_exception_of_the_child_log(tmp_path):
+    from services.supervisor import last_error
+
+    log = tmp_path / "gpu.log"
+    log.write_text("2026 gpu INFO models loaded\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                   "    raise TypeError(\nTypeError: cannot assign 'X' as child module 'unet_fn'\n")
+    assert last_error(log) == "TypeError: cannot assign 'X' as child module 'unet_fn'; "
+    (tmp_path / "clean.log").write_text("2026 gpu INFO models loaded\n")
+    assert last_error(tmp_path / "clean.log") == "" and last_error(tmp_path / "missing.log") == ""
