@@ -438,12 +438,17 @@ class Supervisor:
 
     def probe(self, cfg: StreamSettings) -> tuple[float, int | None]:
         """Open the source once (any thread): a missing file, a non-video or an unreachable URL fails here."""
+        from services.egress.h264 import MAX_FPS
+        from services.ingest.errors import UnsupportedSource
         from services.ingest.sources import open_source
 
         ingest = self.settings.ingest
         with open_source(cfg.source.reveal(), size=self.settings.engine.size, live=cfg.live, pace=False,
                          connect_timeout_s=ingest.connect_timeout_s, read_timeout_s=ingest.read_timeout_s) as source:
-            return float(source.fps or 30.0), source.frame_count
+            fps = float(source.fps or 30.0)
+            if not 0 < fps <= MAX_FPS:  # the output is written at the source's rate: refuse it here, not in the egress
+                raise UnsupportedSource(f"{source.name}: {fps:g} fps; streams are written at up to {MAX_FPS} fps")
+            return fps, source.frame_count
 
     def add_stream(self, cfg: StreamSettings, probed: tuple[float, int | None] | None = None,
                    start: bool = True) -> StreamRecord:

@@ -67,7 +67,8 @@ def test_run_writes_every_frame_in_order_and_cleans_up(tmp_path, short_clip, tin
 @pytest.mark.parametrize("case", ["missing", "not_a_video", "bad_size", "huge_size", "bad_batch"])
 def test_bad_input_fails_fast_with_a_named_problem(tmp_path, short_clip, case):
     junk = tmp_path / "junk.mp4"
-    # Fixed bytes, not os.urandom: once in CI a random 4 KiB passed the probe and the run hung (see the issue note).
+    # Fixed bytes, not os.urandom: once in CI a random 4 KiB passed the probe (most likely as raw H.263 that decodes to
+    # nothing) and the egress crash-looped on the run of 0 frames; such cases are in test_junk_inputs.py.
     junk.write_bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     args = {
         "missing": ["run", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4"), "--prompt", "x", *COMMON],

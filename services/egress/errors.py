@@ -21,3 +21,7 @@ class SinkUnreachable(SinkError):
 
 class FrameRejected(SinkError, ValueError):
     """A frame of the wrong shape/dtype, a frame out of order, or a write after close."""
+
+
+class UnsupportedRate(SinkError, ValueError):
+    """A frame rate no H.264 output is written at (a source's nominal rate can be anything)."""

@@ -16,7 +16,7 @@ import av
 import cv2
 import numpy as np
 
-from .errors import EncoderMissing, FrameRejected
+from .errors import EncoderMissing, FrameRejected, UnsupportedRate
 
 _AVCOL_BT709 = 1  # AVColorPrimaries / AVColorTransferCharacteristic / AVColorSpace value for BT.709
 _AVCOL_RANGE_MPEG = 1
@@ -49,10 +49,14 @@ def require_encoder(name: str, purpose: str) -> None:
         raise EncoderMissing(f"{name!r} encodes {codec.canonical_name}, not H.264, needed for {purpose}")
 
 
+MAX_FPS = 1000  # the highest output rate written (the supervisor refuses faster sources at the probe)
+
+
 def exact_rate(fps: float | Fraction) -> Fraction:
     """29.97 → 30000/1001, 25.0 → 25: the rational rate containers want."""
-    if fps is None or not 0 < float(fps) <= 1000:
-        raise ValueError(f"fps must be in (0, 1000], got {fps!r}")
+    if fps is None or not 0 < float(fps) <= MAX_FPS:
+        # A SinkError: the egress fails the stream on it (a restart would meet the same rate).
+        raise UnsupportedRate(f"fps must be in (0, 1000], got {fps}")
     return Fraction(fps).limit_denominator(1001)
 
 

@@ -210,7 +210,10 @@ class Mp4Sink(EncodedSink):
         segments = [*self.segments, self.segment_path]
         translated(lambda: _remux_segments(segments, self.partial_path, self.size, self.fps),
                    lambda exc: self._error(exc, "finalising failed"))
-        os.replace(self.partial_path, self.path)
+        try:
+            os.replace(self.partial_path, self.path)
+        except OSError as exc:  # a SinkError, not a crash: a restarted egress would wait for an end already sent
+            raise SinkError(f"mp4 sink {self.target}: finalising failed ({exc.strerror})") from None
         for segment in segments:
             segment.unlink(missing_ok=True)
         super()._on_finalised()
@@ -262,6 +265,7 @@ def _remux_segments(segments: list[Path], target: Path, size: int, fps: Fraction
                 offset = end
         if out_stream is None:
             add_h264_stream(output, size, fps, H264Settings())
+            output.start_encoding()  # the header now: a container that never started writes no file at all
 
 
 class RtspSink(EncodedSink):

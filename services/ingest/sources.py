@@ -2,7 +2,8 @@
 
 Kinds (see `spec.py`): a local file FFmpeg can read, an RTSP URL (TCP transport), or a V4L2
 webcam (`/dev/videoN` or `webcam:N`). Every frame is centre-cropped to a square and resized to
-S×S with INTER_AREA (`frames.py`). Decoding goes on past corrupt packets, which are counted.
+S×S with INTER_AREA (`frames.py`). Decoding goes on past corrupt packets, which are counted. A file
+is decoded up to its first picture when opened: one without any is refused as NotAVideo.
 Errors are `SourceError` subclasses (`errors.py`) whose messages never contain credentials.
 
 Timeouts. RTSP gets FFmpeg's socket `timeout` option (the larger of the two, in µs) and
@@ -63,6 +64,8 @@ class Source:
         self._pacer = Pacer() if pace else None
         self._read_timeout_s = read_timeout_s
         self._iterating = False
+        self._pictures = self._decoded()  # one decoding pass for the source's life
+        self._first: av.VideoFrame | None = None  # decoded by open_source, delivered first
         self.size = size
         self.live = live
         self.paced = pace
@@ -113,6 +116,15 @@ class Source:
 
     def _frames(self) -> Iterator[SourceFrame]:
         time_base = self._stream.time_base
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield self._deliver(first, time_base)
+        for frame in self._pictures:
+            yield self._deliver(frame, time_base)
+        self._note_early_end()
+
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        """Decoded pictures; corrupt packets and concealed frames are skipped and counted."""
         for packet in self._packets():
             try:
                 decoded = self._stream.decode(packet)
@@ -125,8 +137,19 @@ class Source:
                     # Concealed garbage (e.g. a damaged slice): the engine is better off without it.
                     self.counters.corrupt_skipped += 1
                     continue
-                yield self._deliver(frame, time_base)
-        self._note_early_end()
+                yield frame
+
+    def _decode_first(self) -> None:
+        """Decode up to the first picture now (iteration delivers it first); a file without one is not a video.
+
+        FFmpeg's probe takes a few bytes that merely look like a header for a video stream: a GIF or PNG
+        signature followed by junk, or an H.263 start code that turns up by chance in random bytes (a few
+        random 4 KiB files in 10 000). Such a "video" decodes to nothing, and a run of it would end after 0 frames."""
+        self._first = next(self._pictures, None)
+        if self._first is None:
+            skipped = self.counters.corrupt_skipped
+            raise NotAVideo(f"{self.name}: not a video FFmpeg can decode (its {self._stream.codec_context.name} stream "
+                            f"gave no picture{f'; {skipped} corrupt packet(s) skipped' if skipped else ''})")
 
     def _note_early_end(self) -> None:
         expected = self.frame_count
@@ -175,6 +198,7 @@ class Source:
         if self.closed:
             return
         self.closed = True
+        self._pictures.close()  # its demuxer before the container it reads
         try:
             self._container.close()
         except av.error.FFmpegError as exc:  # closing an RTSP session can fail on a dead link
@@ -211,10 +235,12 @@ def open_source(spec: str, *, size: int, live: bool | None = None, pace: bool = 
     try:
         _check_video_stream(container, parsed)
         _tune_decoder(container.streams.video[0], live=is_live)
+        source = Source(parsed, container, size=size, live=is_live, pace=pace, read_timeout_s=read_timeout_s)
+        if parsed.kind is SourceKind.FILE:  # a camera's first picture may be a GOP away: it is not waited for here
+            source._decode_first()
     except BaseException:
         container.close()
         raise
-    source = Source(parsed, container, size=size, live=is_live, pace=pace, read_timeout_s=read_timeout_s)
     log.info("opened %r (%dx%d, %s fps)", source, *source.original_size, source.fps)
     return source
 
@@ -235,7 +261,9 @@ def _open_container(spec: SourceSpec, connect_timeout_s: float, read_timeout_s: 
         fmt = "v4l2"  # device defaults for size/rate/pixel format; untested here (no camera)
     started = time.monotonic()
     try:
-        return av.open(spec.location, mode="r", format=fmt, options=options,
+        # Metadata text is only shown, never used: junk that probes as e.g. LRC lyrics has keys that are not
+        # UTF-8, and strict decoding raised UnicodeDecodeError instead of the named error below.
+        return av.open(spec.location, mode="r", format=fmt, options=options, metadata_errors="replace",
                        timeout=(connect_timeout_s, read_timeout_s))
     except av.error.FFmpegError as exc:
         if spec.kind is not SourceKind.FILE and time.monotonic() - started >= 0.95 * connect_timeout_s:
