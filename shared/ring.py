@@ -37,7 +37,7 @@ from shared.settings import check_stream_name
 SEGMENT_PREFIX = "stylecast-"
 N_TIMES = 4  # timestamps kept per slot (free for the writer to assign, e.g. capture/ingest)
 _MAGIC = b"SCRING01"
-_LAYOUT_VERSION = 2
+_LAYOUT_VERSION = 3
 _RING_HEADER_BYTES = 256
 _SLOT_HEADER_BYTES = 64
 _ALIGN = 64
@@ -60,6 +60,7 @@ _RING_HEADER = np.dtype(
         ("dtype", "S16"),
         ("written", "<u8"),  # writes so far (the writer's count)
         ("released", "<u8"),  # writes the consumer is done with: slots up to here may be reused
+        ("ended", "<u8"),  # 1 once the writer has written its last frame (outlives the message that says so)
     ]
 )
 assert _RING_HEADER.itemsize <= _RING_HEADER_BYTES
@@ -330,6 +331,15 @@ class Ring:
                 return False
             time.sleep(poll_s)
         return True
+
+    def mark_ended(self) -> None:
+        """Writer: no frame follows. A consumer that starts later (a restart) learns it from the ring itself."""
+        self._check_open()
+        self._header["ended"] = 1
+
+    @property
+    def ended(self) -> bool:
+        return bool(self._header["ended"])
 
     def write_index(self, slot: int, generation: int) -> int:
         """Position of the write (slot, generation) in the writer's sequence of writes (0-based).

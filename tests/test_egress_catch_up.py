@@ -112,3 +112,52 @@ def test_a_restarted_egress_counts_on_from_its_predecessors_frames(ring):
     assert sink.frames == [3, 4]  # only what the predecessor left in the ring
     assert (egress.written, egress.total_written) == (2, 5)
     assert "written=5" in egress.proc.detail  # the status the API reports as frames_out
+
+
+def _runnable(egress: Egress, stop_after_polls: int) -> list:
+    """What run() needs besides _egress: a socket that stays silent (the end message went out before this egress
+    subscribed) and a process that records the stream's final state and asks to stop after some polls."""
+    import threading
+
+    states, polls, stop = [], [], threading.Event()
+
+    def recv(timeout_s, expect):
+        polls.append(1)
+        if len(polls) >= stop_after_polls:
+            stop.set()
+        return None
+
+    egress.styled = SimpleNamespace(recv=recv)
+    egress.proc.stop = stop
+    egress.proc.write_summary = lambda summary: None
+    egress.proc.stream_state = lambda name, state, reason: states.append((state, reason))
+    egress.sinks[0].close = lambda: None
+    return states
+
+
+def test_an_egress_restarted_after_the_end_message_ends_from_the_ring(ring):
+    """The end of a stream is one message; an egress restarted after it went out used to wait for it forever.
+    The GPU worker also marks the ring ended, after its last write."""
+    from shared.protocol import StreamStatus
+
+    for seq in range(3):
+        _publish(ring, seq)
+    ring.mark_ended()
+    sink = RecordingSink()
+    egress, dropped = _egress(ring, sink)
+    states = _runnable(egress, stop_after_polls=50)
+    assert egress.run() == 0
+    assert sink.frames == [0, 1, 2] and dropped == []
+    assert states == [(StreamStatus.STOPPED, "end of stream after 3 frames")]
+
+
+def test_without_the_end_mark_a_silent_egress_keeps_waiting(ring):
+    from shared.protocol import StreamStatus
+
+    _publish(ring, 0)
+    sink = RecordingSink()
+    egress, _ = _egress(ring, sink)
+    states = _runnable(egress, stop_after_polls=5)
+    assert egress.run() == 0  # stopped by the process, not ended by the stream (the frame in the ring is written)
+    assert sink.frames == [0] and states == [(StreamStatus.STOPPED, "stopped after 1 frames")]
+    assert not ring.ended

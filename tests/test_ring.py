@@ -298,3 +298,16 @@ def test_credits_block_a_lossless_writer_until_the_consumer_releases():
         assert ring.released == ring.written == 4
     finally:
         ring.unlink()
+
+
+def test_the_end_mark_is_seen_by_a_reader_that_attaches_afterwards(run_id: str) -> None:
+    with Ring.create(run_id, "cam", "out", slots=4, shape=(8, 8, 3), dtype=np.uint8) as writer:
+        writer.write(frame(1), seq=0)
+        early = Ring.attach(run_id, "cam", "out")
+        assert not early.ended  # a new segment starts unended
+        writer.mark_ended()
+        assert early.ended
+        early.close()
+        late = Ring.attach(run_id, "cam", "out")
+        assert late.ended and late.written == 1
+        late.close()

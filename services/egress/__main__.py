@@ -117,9 +117,10 @@ class Egress:
         self._recover()
         while not self.proc.stop.is_set():
             msg = self.styled.recv(timeout_s=0.2, expect=(Styled, StreamState))
-            if msg is None:
+            if msg is None and not self.ring.ended:
                 continue
-            if isinstance(msg, StreamState):
+            # The end comes as a message, or from the ring to an egress restarted after that message went out.
+            if msg is None or isinstance(msg, StreamState):
                 self._take_unannounced(self.ring.written)  # all the worker wrote comes before its end marker
                 self._close(f"end of stream after {self.total_written} frames")
                 return 0

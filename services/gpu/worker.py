@@ -499,6 +499,7 @@ class GpuWorker:
 
     def _end_stream(self, st: WorkerStream) -> None:
         """All of an ended stream's frames are out: tell its egress, then forget the stream."""
+        st.out_ring.mark_ended()  # for an egress restarted after the message below went out
         self.styled.send(StreamState(stream=st.name, state=StreamStatus.STOPPED, reason="end_of_stream", time=now()),
                          topic=st.name, timeout_s=None)
         log.info("stream %s ended", st.name)
