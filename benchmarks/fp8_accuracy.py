@@ -6,8 +6,9 @@
 The same frames go through the engine twice, first with every layer in bf16 and then with the large linear
 layers of `--parts` in FP8 (the bundle is converted in place and restored between runs). Recorded per frame:
 the cosine similarity of the final latents and of the decoded frames (as centred vectors), and their PSNR;
-and frames per second of each run after two warm-up batches (the second compiles the refresh path). Random weights (synthetic profiles) measure the
-numerical error only; whether a stylisation still looks right needs the real weights.
+and frames per second of each run after two warm-up batches (the second compiles the refresh path). Random
+weights (synthetic profiles) measure the numerical error only; whether a stylisation still looks right needs
+the real weights.
 On a GPU without FP8 (compute capability below 8.9) the engine refuses and the script says so.
 """
 

@@ -56,7 +56,7 @@ def exact_rate(fps: float | Fraction) -> Fraction:
     """29.97 → 30000/1001, 25.0 → 25: the rational rate containers want."""
     if fps is None or not 0 < float(fps) <= MAX_FPS:
         # A SinkError: the egress fails the stream on it (a restart would meet the same rate).
-        raise UnsupportedRate(f"fps must be in (0, 1000], got {fps}")
+        raise UnsupportedRate(f"fps must be in (0, {MAX_FPS}], got {fps}")
     return Fraction(fps).limit_denominator(1001)
 
 

@@ -48,6 +48,7 @@ TE_MODES = ("per_frame", "batch_one", "refresh_every")
 FLOW_BACKENDS = ("auto", "opencv", "torch")
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 COMPILE_PARTS = ("unet", "text_encoder", "vae")
+COMPILE_BUCKETS = ("all", "largest")
 CHANNELS_LAST_PARTS = ("unet", "vae")
 UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)
 
@@ -117,9 +118,9 @@ class EngineConfig:
     flow_workers: int = 8
     flow_backend: str = "auto"  # opencv: host threads (or the flow process); torch: on the engine's device; auto: torch on CUDA
     flow_timeout_s: float = 10.0  # a refresh whose flow takes longer keeps the previous conditioning
-    # 2: side (upload, VAE encode, text encoder) + main (refresh, U-Net, decode): the paper's layout. 3 (opt-in,
-    # not yet measured): the refresh flows join the side stream and decode + download get a stream of their own,
-    # so the U-Net's stream, the busiest, carries only the U-Net and the refresh's conditioning.
+    # 2: side (upload, VAE encode, text encoder) + main (refresh, U-Net, decode): the paper's layout. 3 (opt-in;
+    # +0.5% on an H100 at B=8, where the GPU is already full): the refresh flows join the side stream and decode +
+    # download get a stream of their own, so the U-Net's stream carries only the U-Net and the refresh's conditioning.
     cuda_streams: int = 2
     fp8: tuple[str, ...] = ()  # parts (text_encoder, unet) whose large linears run in FP8: an approximation, opt-in
     keep_latents: bool = False  # return final latents too (tests)
@@ -141,7 +142,7 @@ class EngineConfig:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
         if unknown := set(self.fp8) - set(FP8_PARTS):
             raise EngineError(f"fp8 {sorted(unknown)} unknown; use some of {FP8_PARTS}")
-        if self.compile_buckets not in ("all", "largest"):
+        if self.compile_buckets not in COMPILE_BUCKETS:
             raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
             raise EngineError(f"compile_parts {sorted(unknown)} unknown; use some of {COMPILE_PARTS}")
