@@ -261,6 +261,12 @@ class ModelSettings(_Section):
     channels_last: list[Literal["unet", "vae"]] = Field(
         ["vae"], description="Parts whose convolutions run channels-last on CUDA (a memory-layout change; the values are the same)."
     )
+    group_norm: Literal["auto", "native", "two_pass"] = Field(
+        "auto",
+        description="How the U-Net's GroupNorms are computed: 'native' (torch's kernel) or 'two_pass' (per-channel sums, "
+        "then per group: the same function, which torch.compile turns into far quicker kernels; +5.8% engine fps on an "
+        "H200 at B=8); 'auto' is two_pass when the U-Net is compiled and native otherwise.",
+    )
     cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
     gpus: int = Field(
         1, ge=0, le=64,

@@ -36,6 +36,7 @@ from .denoise import EditDenoiser
 from .farneback import backward_flows, warm_constants
 from .fp8 import FP8_PARTS, fp8_problem, restore_linears, use_fp8
 from .graphs import CapturedCall
+from .group_norm import GROUP_NORMS, resolve_group_norm, restore_group_norms, use_two_pass_group_norm
 from .lllite import TemporalLLLite
 from .profiles import ModelBundle
 from .prompt_encoder import EditPromptEncoder
@@ -123,6 +124,9 @@ class EngineConfig:
     # download get a stream of their own, so the U-Net's stream carries only the U-Net and the refresh's conditioning.
     cuda_streams: int = 2
     fp8: tuple[str, ...] = ()  # parts (text_encoder, unet) whose large linears run in FP8: an approximation, opt-in
+    # The U-Net's GroupNorms. native: torch's; two_pass: the same statistics as per-channel sums (group_norm.py),
+    # which inductor reduces near memory speed; auto: two_pass when the U-Net is compiled. Same function either way.
+    group_norm: str = "auto"
     keep_latents: bool = False  # return final latents too (tests)
 
     def validate(self) -> None:
@@ -142,6 +146,8 @@ class EngineConfig:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
         if unknown := set(self.fp8) - set(FP8_PARTS):
             raise EngineError(f"fp8 {sorted(unknown)} unknown; use some of {FP8_PARTS}")
+        if self.group_norm not in GROUP_NORMS:
+            raise EngineError(f"group_norm {self.group_norm!r}; use one of {GROUP_NORMS}")
         if self.compile_buckets not in COMPILE_BUCKETS:
             raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
@@ -200,6 +206,9 @@ class StreamEngine:
                 self.adapter.load(config.adapter_weights)
             self.adapter.allocate(config.batch, self.latent, self.latent)
             self.adapter.attach("inference")
+        # In place on the bundle's U-Net, restored on close (the naive pipeline in the same process uses it too).
+        self.group_norm = resolve_group_norm(config.group_norm, self.compiled and "unet" in config.compile_parts)
+        self.group_norms = use_two_pass_group_norm(bundle.unet) if self.group_norm == "two_pass" else 0
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
         self._encoder_fn = self.encoder
         self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
@@ -569,6 +578,10 @@ class StreamEngine:
 
     # ---- graph capture / plain calls ------------------------------------------------------------------
 
+    def captured(self) -> dict[tuple, CapturedCall]:
+        """The CUDA graphs captured so far, by (stage, batch bucket, …): what a benchmark replays stage by stage."""
+        return dict(self._graphs)
+
     def _call(self, key: tuple, fn, *args, family: str | None = None):
         """Run `fn` eagerly on the CPU; on CUDA replay a graph captured for this shape key. Graphs replayed on one
         stream share a memory pool (`family`: the stream; by default side for the encoders, else main); graphs
@@ -703,6 +716,8 @@ class StreamEngine:
             self.adapter.detach()  # the U-Net is shared with whoever loaded the bundle
         for module in self._fp8_modules:
             restore_linears(module)
+        if self.group_norms:
+            restore_group_norms(self.bundle.unet)
 
     def __enter__(self) -> "StreamEngine":
         return self

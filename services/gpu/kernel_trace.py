@@ -47,6 +47,15 @@ def trace(engine, batches: list[np.ndarray], stream: str, top: int = 30) -> dict
             torch.cuda.synchronize(engine.device)
         wall_ms = (time.perf_counter() - t0) * 1e3
     frames = sum(len(b) for b in batches)
+    result = rank(prof, frames, cuda, top)
+    result.update(batches=len(batches), wall_ms=wall_ms)
+    result["note"] = ("kernel times summed over both CUDA streams; they overlap, so the sum exceeds the wall"
+                      if cuda else "CPU operators (no device trace on the CPU)")
+    return result
+
+
+def rank(prof, frames: int, cuda: bool, top: int = 30) -> dict:
+    """A finished profiler's kernels (CUDA) or operators (CPU), ranked by self time and grouped into families."""
     rows = []
     for evt in prof.key_averages():
         if cuda:
@@ -63,12 +72,10 @@ def trace(engine, batches: list[np.ndarray], stream: str, top: int = 30) -> dict
     for r in rows:
         families[r["family"]] = families.get(r["family"], 0.0) + r["ms"]
     return {
-        "batches": len(batches), "frames": frames, "wall_ms": wall_ms,
+        "frames": frames,
         "device_ms_per_frame": total / frames if frames else 0.0,
         "families_ms_per_frame": {k: v / frames for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
         "top": [{**r, "share": r["ms"] / total} for r in rows[:top]],
-        "note": "kernel times summed over both CUDA streams; they overlap, so the sum exceeds the wall"
-        if cuda else "CPU operators (no device trace on the CPU)",
     }
 
 

@@ -1,0 +1,168 @@
+"""Each engine stage alone on a quiet GPU, under inductor settings to compare: time and kernels per stage.
+
+    python benchmarks/stage_kernels.py --profile synthetic-full --batch 8 --clip CLIP \\
+        [--stages denoise decode] [--compile-parts unet vae] --variant default --variant conv_1x1_as_mm
+
+The engine's own pipelined timings mix the two CUDA streams, so a stage's time there includes waiting for
+SMs the other stream holds. Here each variant builds the engine in a fresh process (inductor's settings are
+process-wide), runs a few batches so every stage is compiled and captured exactly as the engine does it,
+then replays each captured stage graph on its own: mean time per replay over `--repeats`, and the
+kernels of `--trace` replays ranked and grouped into families. CUDA only: without it the script says so
+and stops. Writes one JSON record under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.isolation import in_child  # noqa: E402
+from shared.records import card_slug, write_result  # noqa: E402
+
+# Settings by name: torch._inductor.config keys and EngineConfig fields. Each is exact: layouts, kernel
+# choices, tile sizes and the order of float sums change, the function computed does not.
+VARIANTS: dict[str, dict] = {
+    "default": {"inductor": {}, "engine": {}},
+    # 1×1 convolutions (the U-Net's pointwise halves of its separable convolutions) as matrix products.
+    "conv_1x1_as_mm": {"inductor": {"conv_1x1_as_mm": True}, "engine": {}},
+    # Weights as constants: their layout conversions are folded once instead of per call.
+    "freezing": {"inductor": {"freezing": True}, "engine": {}},
+    # Tile sizes of the generated elementwise and reduction kernels tuned by benchmarking neighbours.
+    "coordinate_descent": {"inductor": {"coordinate_descent_tuning": True}, "engine": {}},
+    # The U-Net's GroupNorms as per-channel sums (services/gpu/group_norm.py).
+    "two_pass_group_norm": {"inductor": {}, "engine": {"group_norm": "two_pass"}},
+}
+STAGES = ("denoise", "decode", "vae_encode", "text_encode", "refresh_cond", "flow")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="synthetic-full")
+    parser.add_argument("--clip", required=True)
+    parser.add_argument("--prompt", default="make it an oil painting")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--stages", nargs="+", default=["denoise"], choices=STAGES)
+    parser.add_argument("--compile-parts", nargs="+", default=["unet"], choices=["unet", "text_encoder", "vae"])
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default: default")
+    parser.add_argument("--warmup-batches", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--trace", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    args.variant = args.variant or ["default"]
+    # A refresh runs once per cond_refresh batches: enough warm-up batches to reach one captures its graphs.
+    if {"refresh_cond", "flow"} & set(args.stages) and args.warmup_batches < 2:
+        parser.error("--stages refresh_cond/flow need --warmup-batches of at least 2")
+    return args
+
+
+def time_replays(graph, repeats: int) -> float:
+    """Mean milliseconds per replay of a captured graph, after two untimed replays."""
+    import torch
+
+    for _ in range(2):
+        graph.graph.replay()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graph.graph.replay()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / repeats
+
+
+def trace_replays(graph, replays: int, frames_per_replay: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from services.gpu.kernel_trace import rank
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.graph.replay()
+        torch.cuda.synchronize()
+    return rank(prof, replays * frames_per_replay, cuda=True, top=25)
+
+
+def measure_variant(variant: str, args: argparse.Namespace) -> dict:
+    """In a fresh process: settings, engine, warm-up batches, then each wanted stage graph replayed alone."""
+    import numpy as np
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from services.gpu.bench import clip_frames
+    from services.gpu.engine import EngineConfig, StreamEngine, release_compile_workers
+    from services.gpu.profiles import load_profile
+
+    for key, value in VARIANTS[variant]["inductor"].items():  # for this process's whole life
+        setattr(inductor_config, key, value)
+    bundle = load_profile(args.profile, "cuda")
+    config = EngineConfig(size=args.size, batch=args.batch, compile_parts=tuple(args.compile_parts),
+                          cond_refresh=max(1, args.warmup_batches - 1), **VARIANTS[variant]["engine"])
+    frames = np.stack(list(clip_frames(args.clip, args.size, args.batch * args.warmup_batches)))
+    result = {"variant": variant, "settings": VARIANTS[variant], "stages": {}}
+    with StreamEngine(config, bundle) as engine:
+        engine.open_stream("stages", args.prompt)
+        t0 = time.perf_counter()
+        for batch in frames.reshape(args.warmup_batches, args.batch, *frames.shape[1:]):
+            engine.submit(batch, "stages").result(timeout=1800)
+        result["warmup_s"] = time.perf_counter() - t0  # compile + capture of every stage
+        if engine.compiled:
+            release_compile_workers()
+        for key, graph in sorted(engine.captured().items(), key=lambda kv: str(kv[0])):
+            if key[0] not in args.stages:
+                continue
+            rows = key[1] if isinstance(key[1], int) else args.batch
+            ms = time_replays(graph, args.repeats)
+            result["stages"]["/".join(map(str, key))] = {
+                "ms_per_call": ms, "ms_per_frame": ms / rows, "rows": rows,
+                "kernels": trace_replays(graph, args.trace, rows),
+            }
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def summary(result: dict) -> str:
+    lines = []
+    for v in result["variants"]:
+        lines.append(f"{v['variant']}: warm-up {v['warmup_s']:.0f} s, {v['settings']}")
+        for key, stage in v["stages"].items():
+            fams = ", ".join(f"{k} {x:.3f}" for k, x in stage["kernels"]["families_ms_per_frame"].items())
+            lines.append(f"  {key}: {stage['ms_per_call']:.3f} ms/call, {stage['ms_per_frame']:.3f} ms/frame ({fams})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("stage_kernels.py replays captured CUDA graphs: it needs a CUDA GPU, and none is visible", file=sys.stderr)
+        return 2
+    from services.gpu.bench import _device_info
+
+    record = {
+        "kind": "stage_kernels", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv), **_device_info(torch.device("cuda")), "profile": args.profile,
+        "note": "random weights: speed only" if args.profile.startswith("synthetic") else "",
+        "batch": args.batch, "size": args.size, "compile_parts": args.compile_parts, "variants": [],
+    }
+    stem = f"stage_kernels_{args.profile}_{card_slug(record['card'])}_B{args.batch}_S{args.size}"
+    path = None
+    for variant in args.variant:
+        record["variants"].append(in_child(measure_variant, variant, args))
+        path = write_result(record, args.out, stem, path)  # after each variant: a cut-off run keeps what it measured
+        print(summary({"variants": record["variants"][-1:]}), flush=True)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""GroupNorm as per-channel sums, for inductor: the same statistics, in a shape it reduces well.
+
+Traced as `native_group_norm`, a U-Net GroupNorm over a channels-last activation becomes a reduction
+per (sample, group) whose rows are 16-channel slivers of every pixel: on an H100/H200 the U-Net's
+level-0 norms ran at about a tenth of memory bandwidth (0.2 ms for a 67 MB tensor). Summing each
+channel over the pixels first (a plain reduction along whichever axis is contiguous) and then the
+channels of a group gives the same mean and variance. Two passes (mean, then mean squared deviation,
+both in float32) are at least as accurate as the native kernel's single-pass Welford; results differ
+from it by float rounding only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GROUP_NORMS = ("auto", "native", "two_pass")
+
+
+def resolve_group_norm(choice: str, unet_compiled: bool) -> str:
+    """auto: two_pass where inductor compiles the U-Net (what it was measured for), else torch's own kernel,
+    which is quicker eagerly (one pass instead of three)."""
+    if choice == "auto":
+        return "two_pass" if unet_compiled else "native"
+    return choice
+
+
+class TwoPassGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm with its statistics as per-channel sums, then per group (same parameters, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        g = self.num_groups
+        pixels = tuple(range(2, x.ndim))
+        count = (c // g) * x[0, 0].numel()
+        xf = x.float()
+
+        def per_channel(group_values: torch.Tensor) -> torch.Tensor:  # (b, g) → (b, c, 1, …) for broadcasting
+            return group_values[:, :, None].expand(b, g, c // g).reshape(b, c, *(1,) * len(pixels))
+
+        mean = per_channel(xf.sum(pixels).view(b, g, -1).sum(-1) / count)
+        centred = xf - mean
+        var = centred.square().sum(pixels).view(b, g, -1).sum(-1) / count
+        y = centred * per_channel(torch.rsqrt(var + self.eps))
+        if self.affine:
+            shape = (1, c, *(1,) * len(pixels))
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def use_two_pass_group_norm(module: nn.Module) -> int:
+    """Make every nn.GroupNorm under `module` a TwoPassGroupNorm, in place (same object, parameters and hooks).
+
+    Returns how many changed; `restore_group_norms` undoes it for whoever else uses the module."""
+    changed = 0
+    for layer in module.modules():
+        if type(layer) is nn.GroupNorm:
+            layer.__class__ = TwoPassGroupNorm
+            changed += 1
+    return changed
+
+
+def restore_group_norms(module: nn.Module) -> int:
+    """Undo `use_two_pass_group_norm`. Returns how many were restored."""
+    restored = 0
+    for layer in module.modules():
+        if type(layer) is TwoPassGroupNorm:
+            layer.__class__ = nn.GroupNorm
+            restored += 1
+    return restored
