@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     # The U-Net's GroupNorms as per-channel sums (services/gpu/group_norm.py).
     "two_pass_group_norm": {"inductor": {}, "engine": {"group_norm": "two_pass"}},
 }
+# With --output-code: inductor writes only its generated code (output_code.py per compiled graph), not its IR dumps.
+OUTPUT_CODE_ONLY = {"enabled": True, "output_code": True, "fx_graph": False, "fx_graph_transformed": False,
+                    "ir_pre_fusion": False, "ir_post_fusion": False, "debug_log": False, "info_log": False}
 STAGES = ("denoise", "decode", "vae_encode", "text_encode", "refresh_cond", "flow")
 
 
@@ -53,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup-batches", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--trace", type=int, default=5)
+    parser.add_argument("--output-code", action="store_true",
+                        help="keep inductor's generated code under OUT/inductor_<variant> and the top kernels' sources in the record")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     args.variant = args.variant or ["default"]
@@ -91,6 +96,32 @@ def trace_replays(graph, replays: int, frames_per_replay: int) -> dict:
     return rank(prof, replays * frames_per_replay, cuda=True, top=25)
 
 
+def keep_output_code(inductor_config, directory: Path) -> None:
+    """Have inductor write each compiled graph's generated code under `directory` (and nothing else of its trace).
+    Its graph cache is turned off: a graph loaded from the cache is not generated, so its code would not be written."""
+    for key, value in OUTPUT_CODE_ONLY.items():
+        setattr(inductor_config.trace, key, value)
+    inductor_config.trace.debug_dir = str(directory)
+    inductor_config.fx_graph_cache = False
+
+
+def kernel_sources(directory: Path, names: list[str], limit: int = 6000) -> dict[str, str]:
+    """The generated source of each named kernel, from the output_code.py files under `directory`.
+
+    Inductor defines a kernel as `NAME = async_compile.triton('NAME', '''…''', …)`; the quoted text is kept, cut to
+    `limit` characters. Kernels it did not generate (cuBLAS, cuDNN) are not there."""
+    import re
+
+    found: dict[str, str] = {}
+    for path in sorted(directory.rglob("output_code.py")):
+        text = path.read_text(errors="replace")
+        for name in names:
+            pattern = rf"^{re.escape(name)} = async_compile\.\w+\('{re.escape(name)}', '''(.*?)'''"
+            if name not in found and (match := re.search(pattern, text, re.S | re.M)):
+                found[name] = match.group(1)[:limit]
+    return found
+
+
 def measure_variant(variant: str, args: argparse.Namespace) -> dict:
     """In a fresh process: settings, engine, warm-up batches, then each wanted stage graph replayed alone."""
     import numpy as np
@@ -103,6 +134,9 @@ def measure_variant(variant: str, args: argparse.Namespace) -> dict:
 
     for key, value in VARIANTS[variant]["inductor"].items():  # for this process's whole life
         setattr(inductor_config, key, value)
+    code_dir = Path(args.out) / f"inductor_{variant}"
+    if args.output_code:
+        keep_output_code(inductor_config, code_dir)
     bundle = load_profile(args.profile, "cuda")
     config = EngineConfig(size=args.size, batch=args.batch, compile_parts=tuple(args.compile_parts),
                           cond_refresh=max(1, args.warmup_batches - 1), **VARIANTS[variant]["engine"])
@@ -121,10 +155,11 @@ def measure_variant(variant: str, args: argparse.Namespace) -> dict:
                 continue
             rows = key[1] if isinstance(key[1], int) else args.batch
             ms = time_replays(graph, args.repeats)
-            result["stages"]["/".join(map(str, key))] = {
-                "ms_per_call": ms, "ms_per_frame": ms / rows, "rows": rows,
-                "kernels": trace_replays(graph, args.trace, rows),
-            }
+            kernels = trace_replays(graph, args.trace, rows)
+            if args.output_code:
+                kernels["sources"] = kernel_sources(code_dir, [r["name"] for r in kernels["top"] if r["name"].startswith("triton")])
+            result["stages"]["/".join(map(str, key))] = {"ms_per_call": ms, "ms_per_frame": ms / rows, "rows": rows,
+                                                         "kernels": kernels}
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
