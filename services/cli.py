@@ -91,6 +91,7 @@ def bench(
         cuda_streams=cuda_streams, fp8=_parts(fp8), group_norm=group_norm,
     )
     try:
+        config.validate()  # before minutes of model loading and the naive baseline
         result = run_bench(
             profile, resolve_source(clip) if clip else default_clip(), prompt, config, device=device, frames=frames or (480 if cuda else 48),
             warmup_batches=warmup_batches, naive_frames=naive_frames or (6 if cuda else 3), taesd=taesd,

@@ -33,7 +33,7 @@ def test_bench_on_the_cpu_writes_a_record(tmp_path, bikes_path):
     assert record["config"]["group_norm"] == "auto" and engine["group_norm"] == "native"
 
 
-def test_bench_takes_the_group_norm_choice(tmp_path, bikes_path):
+def test_bench_takes_the_group_norm_choice(tmp_path, bikes_path, monkeypatch):
     result = CliRunner().invoke(app, [
         "bench", "--profile", "synthetic-tiny", "--device", "cpu", "--clip", bikes_path, "--size", "64", "--batch", "2",
         "--frames", "6", "--warmup-batches", "1", "--naive-frames", "2", "--group-norm", "two_pass", "--out", str(tmp_path),
@@ -41,9 +41,14 @@ def test_bench_takes_the_group_norm_choice(tmp_path, bikes_path):
     assert result.exit_code == 0, result.output
     record = json.loads(next(tmp_path.glob("bench_*.json")).read_text())
     assert record["engine"]["group_norm"] == "two_pass"
+    import services.gpu.bench
+
+    started = []
+    monkeypatch.setattr(services.gpu.bench, "bench", lambda *a, **k: started.append(a))
     bad = CliRunner().invoke(app, ["bench", "--profile", "synthetic-tiny", "--device", "cpu", "--clip", bikes_path,
                                    "--group-norm", "welford", "--out", ""])
     assert bad.exit_code == 2 and "group_norm 'welford'" in bad.output
+    assert not started  # refused before loading models and timing the naive pipeline
 
 
 def test_bench_names_a_bad_profile(tmp_path, bikes_path):
