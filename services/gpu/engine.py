@@ -209,6 +209,7 @@ class StreamEngine:
         # In place on the bundle's U-Net, restored on close (the naive pipeline in the same process uses it too).
         self.group_norm = resolve_group_norm(config.group_norm, self.compiled and "unet" in config.compile_parts)
         self.group_norms = use_two_pass_group_norm(bundle.unet) if self.group_norm == "two_pass" else 0
+        log.info("U-Net GroupNorms: %s (%d swapped)", self.group_norm, self.group_norms)
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
         self._encoder_fn = self.encoder
         self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
