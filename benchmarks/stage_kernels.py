@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.encoder_profile import time_ms  # noqa: E402
 from benchmarks.isolation import in_child  # noqa: E402
 from shared.records import card_slug, write_result  # noqa: E402
 
@@ -66,22 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if {"refresh_cond", "flow"} & set(args.stages) and args.warmup_batches < 2:
         parser.error("--stages refresh_cond/flow need --warmup-batches of at least 2")
     return args
-
-
-def time_replays(graph, repeats: int) -> float:
-    """Mean milliseconds per replay of a captured graph, after two untimed replays."""
-    import torch
-
-    for _ in range(2):
-        graph.graph.replay()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        graph.graph.replay()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / repeats
 
 
 def trace_replays(graph, replays: int, frames_per_replay: int) -> dict:
@@ -154,8 +139,8 @@ def measure_variant(variant: str, args: argparse.Namespace) -> dict:
         for key, graph in sorted(engine.captured().items(), key=lambda kv: str(kv[0])):
             if key[0] not in args.stages:
                 continue
-            rows = key[1] if isinstance(key[1], int) else args.batch
-            ms = time_replays(graph, args.repeats)
+            rows = key[1]  # every stage's key is (stage, rows, …)
+            ms = time_ms(graph.graph.replay, args.repeats)
             kernels = trace_replays(graph, args.trace, rows)
             if args.output_code:
                 kernels["sources"] = kernel_sources(code_dir, [r["name"] for r in kernels["top"] if r["name"].startswith("triton")])
