@@ -124,8 +124,9 @@ class EngineConfig:
     # download get a stream of their own, so the U-Net's stream carries only the U-Net and the refresh's conditioning.
     cuda_streams: int = 2
     fp8: tuple[str, ...] = ()  # parts (text_encoder, unet) whose large linears run in FP8: an approximation, opt-in
-    # The U-Net's GroupNorms. native: torch's; two_pass: the same statistics as per-channel sums (group_norm.py),
-    # which inductor reduces near memory speed; auto: two_pass when the U-Net is compiled. Same function either way.
+    # The U-Net's GroupNorms. native: torch's; two_pass: the same statistics as per-channel sums (group_norm.py)
+    # where inductor traces the U-Net (it reduces them near memory speed), torch's kernel in uncompiled calls;
+    # auto: two_pass when the U-Net is compiled. Same function either way.
     group_norm: str = "auto"
     keep_latents: bool = False  # return final latents too (tests)
 
