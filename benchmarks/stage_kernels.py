@@ -38,6 +38,9 @@ VARIANTS: dict[str, dict] = {
     # torch's own GroupNorm kernel in the U-Net; the engine's default where the U-Net is compiled is the two-pass
     # form (services/gpu/group_norm.py; the records of 2026-11-27 12:54 call it two_pass_group_norm).
     "native_group_norm": {"inductor": {}, "engine": {"group_norm": "native"}},
+    # The cross-attention's padding mask in an extra query/key channel instead of a bias SDPA expands per query
+    # (services/gpu/cross_attention.py).
+    "key_channel_cross_attention": {"inductor": {}, "engine": {"cross_attention": "key_channel"}},
 }
 # With --output-code: inductor writes only its generated code (output_code.py per compiled graph), not its IR dumps.
 OUTPUT_CODE_ONLY = {"enabled": True, "output_code": True, "fx_graph": False, "fx_graph_transformed": False,

@@ -67,6 +67,7 @@ def bench(
     cuda_streams: int = typer.Option(2, help="2: side + main stream; 3: decode on a stream of its own, flows on the side."),
     fp8: str = typer.Option("", help="Comma-separated parts (text_encoder, unet) with FP8 linears: an approximation."),
     group_norm: str = typer.Option("auto", help="U-Net GroupNorms: native, two_pass (same function, per-channel sums) or auto."),
+    cross_attention: str = typer.Option("bias", help="U-Net cross-attention mask: bias or key_channel (same function)."),
     trace_batches: int = typer.Option(0, help="After timing, trace this many batches' kernels (top kernels into the record)."),
     frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
     warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),
@@ -88,7 +89,7 @@ def bench(
         size=size or (512 if cuda else 64), batch=batch, steps=steps, hooks=hooks, adapter_weights=adapter,
         cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
         compile_parts=_parts(compile_parts), channels_last=_parts(channels_last), flow_backend=flow_backend,
-        cuda_streams=cuda_streams, fp8=_parts(fp8), group_norm=group_norm,
+        cuda_streams=cuda_streams, fp8=_parts(fp8), group_norm=group_norm, cross_attention=cross_attention,
     )
     try:
         config.validate()  # before minutes of model loading and the naive baseline

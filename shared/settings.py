@@ -268,6 +268,12 @@ class ModelSettings(_Section):
         "fps on an H200 and +5.6% on an H100 at B=8; uncompiled calls keep torch's kernel); 'auto' is two_pass when the "
         "U-Net is compiled and native otherwise.",
     )
+    cross_attention: Literal["bias", "key_channel"] = Field(
+        "bias",
+        description="How the U-Net's cross-attention masks its padded text tokens: 'bias' (diffusers' additive bias, "
+        "which SDPA expands per query) or 'key_channel' (the same logits, with the bias carried in one extra "
+        "query/key channel so no bias tensor is expanded; same function up to float rounding; not yet timed on a GPU).",
+    )
     cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
     gpus: int = Field(
         1, ge=0, le=64,

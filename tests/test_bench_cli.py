@@ -33,14 +33,15 @@ def test_bench_on_the_cpu_writes_a_record(tmp_path, bikes_path):
     assert record["config"]["group_norm"] == "auto" and engine["group_norm"] == "native"
 
 
-def test_bench_takes_the_group_norm_choice(tmp_path, bikes_path, monkeypatch):
+def test_bench_takes_the_group_norm_and_cross_attention_choices(tmp_path, bikes_path, monkeypatch):
     result = CliRunner().invoke(app, [
         "bench", "--profile", "synthetic-tiny", "--device", "cpu", "--clip", bikes_path, "--size", "64", "--batch", "2",
-        "--frames", "6", "--warmup-batches", "1", "--naive-frames", "2", "--group-norm", "two_pass", "--out", str(tmp_path),
+        "--frames", "6", "--warmup-batches", "1", "--naive-frames", "2", "--group-norm", "two_pass",
+        "--cross-attention", "key_channel", "--out", str(tmp_path),
     ])
     assert result.exit_code == 0, result.output
     record = json.loads(next(tmp_path.glob("bench_*.json")).read_text())
-    assert record["engine"]["group_norm"] == "two_pass"
+    assert record["engine"]["group_norm"] == "two_pass" and record["engine"]["cross_attention"] == "key_channel"
     import services.gpu.bench
 
     started = []
@@ -48,6 +49,9 @@ def test_bench_takes_the_group_norm_choice(tmp_path, bikes_path, monkeypatch):
     bad = CliRunner().invoke(app, ["bench", "--profile", "synthetic-tiny", "--device", "cpu", "--clip", bikes_path,
                                    "--group-norm", "welford", "--out", ""])
     assert bad.exit_code == 2 and "group_norm 'welford'" in bad.output
+    bad = CliRunner().invoke(app, ["bench", "--profile", "synthetic-tiny", "--device", "cpu", "--clip", bikes_path,
+                                   "--cross-attention", "sparse", "--out", ""])
+    assert bad.exit_code == 2 and "cross_attention 'sparse'" in bad.output
     assert not started  # refused before loading models and timing the naive pipeline
 
 

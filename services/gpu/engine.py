@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .conditioning import DeviceFlow, FlowPool, warp_on_device
+from .cross_attention import CROSS_ATTENTIONS, CrossAttentionError, restore_cross_attention, use_key_channel_cross_attention
 from .denoise import EditDenoiser
 from .farneback import backward_flows, warm_constants
 from .fp8 import FP8_PARTS, fp8_problem, restore_linears, use_fp8
@@ -128,6 +129,9 @@ class EngineConfig:
     # where inductor traces the U-Net (it reduces them near memory speed), torch's kernel in uncompiled calls;
     # auto: two_pass when the U-Net is compiled. Same function either way.
     group_norm: str = "auto"
+    # The U-Net's cross-attention mask. bias: diffusers' additive bias, which SDPA expands per query (and inductor
+    # writes out); key_channel: the same logits with the bias in an extra query/key channel (cross_attention.py).
+    cross_attention: str = "bias"
     keep_latents: bool = False  # return final latents too (tests)
 
     def validate(self) -> None:
@@ -149,6 +153,8 @@ class EngineConfig:
             raise EngineError(f"fp8 {sorted(unknown)} unknown; use some of {FP8_PARTS}")
         if self.group_norm not in GROUP_NORMS:
             raise EngineError(f"group_norm {self.group_norm!r}; use one of {GROUP_NORMS}")
+        if self.cross_attention not in CROSS_ATTENTIONS:
+            raise EngineError(f"cross_attention {self.cross_attention!r}; use one of {CROSS_ATTENTIONS}")
         if self.compile_buckets not in COMPILE_BUCKETS:
             raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
@@ -200,6 +206,12 @@ class StreamEngine:
         self.buckets = tuple(sorted(set(config.buckets or (config.batch,)) | {config.batch}))
         self.latent = config.size // 8
         self.encoder = EditPromptEncoder(bundle.text_encoder, bundle.tokenizer, bundle.vision, config.encoder_size)
+        # First of the in-place changes to the bundle's U-Net (each given back on close): it is the one that can refuse.
+        try:
+            self.cross_attentions = use_key_channel_cross_attention(bundle.unet) if config.cross_attention == "key_channel" else 0
+        except CrossAttentionError as exc:
+            raise EngineError(str(exc)) from exc
+        log.info("U-Net cross-attention mask: %s (%d layers)", config.cross_attention, self.cross_attentions)
         self.adapter = None
         if config.hooks != "none":
             self.adapter = TemporalLLLite(bundle.unet, config.hooks).to(self.device, self.dtype)
@@ -720,6 +732,8 @@ class StreamEngine:
             restore_linears(module)
         if self.group_norms:
             restore_group_norms(self.bundle.unet)
+        if self.cross_attentions:
+            restore_cross_attention(self.bundle.unet)
 
     def __enter__(self) -> "StreamEngine":
         return self

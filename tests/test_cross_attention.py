@@ -1,0 +1,149 @@
+"""The key-channel cross-attention computes the stock masked cross-attention; the engine uses it only when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+from diffusers.models.unets.unet_dreamlite import DreamLiteAttnProcessor2_0
+
+from services.gpu.cross_attention import (
+    CrossAttentionError,
+    KeyChannelCrossAttention,
+    cross_attentions,
+    restore_cross_attention,
+    use_key_channel_cross_attention,
+)
+from services.gpu.engine import EngineConfig, EngineError, StreamEngine
+from tests.conftest import real_frames
+
+
+def _attention(heads: int, kv_heads: int, head_dim: int, **kwargs) -> Attention:
+    torch.manual_seed(0)
+    attn = Attention(query_dim=48, cross_attention_dim=40, heads=heads, dim_head=head_dim, qk_norm="rms_norm",
+                     kv_heads=kv_heads, processor=DreamLiteAttnProcessor2_0(), **kwargs)
+    for p in attn.parameters():  # RMSNorm weights start at 1: make them matter
+        torch.nn.init.normal_(p, std=0.3)
+    return attn.eval()
+
+
+def _inputs(batch: int = 3, queries: int = 20, keys: int = 16, dtype=torch.float32):
+    torch.manual_seed(1)
+    hidden = torch.randn(batch, queries, 48, dtype=dtype)
+    text = torch.randn(batch, keys, 40, dtype=dtype)
+    valid = torch.ones(batch, keys)
+    valid[0, 11:] = 0  # rows with different amounts of padding, one with none
+    valid[1, 5:] = 0
+    text = text * valid[:, :, None].to(dtype)  # padded rows are zero, as the encoder returns them
+    bias = ((1 - valid.to(dtype)) * -10000.0).unsqueeze(1)  # what the U-Net hands its cross-attentions
+    return hidden, text, bias
+
+
+@pytest.mark.parametrize("heads, kv_heads, head_dim", [(4, 1, 64), (4, 4, 64), (2, 1, 32), (6, 2, 16)])
+def test_matches_the_stock_masked_cross_attention_in_float32(heads, kv_heads, head_dim):
+    attn = _attention(heads, kv_heads, head_dim)
+    hidden, text, bias = _inputs()
+    with torch.no_grad():
+        stock = attn(hidden, encoder_hidden_states=text, attention_mask=bias)
+        assert use_key_channel_cross_attention(torch.nn.ModuleList([attn])) == 1
+        ours = attn(hidden, encoder_hidden_states=text, attention_mask=bias)
+        unmasked = attn.processor.stock(attn, hidden, text, None)
+    torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
+    assert (unmasked - stock).abs().max() > 1e-3  # the mask matters here, so the match above tests it
+
+
+def test_matches_in_bfloat16():
+    attn = _attention(4, 1, 64).to(torch.bfloat16)
+    hidden, text, bias = _inputs(dtype=torch.bfloat16)
+    with torch.no_grad():
+        stock = attn(hidden, encoder_hidden_states=text, attention_mask=bias)
+        use_key_channel_cross_attention(torch.nn.ModuleList([attn]))
+        ours = attn(hidden, encoder_hidden_states=text, attention_mask=bias)
+    assert ours.dtype is torch.bfloat16
+    assert (ours.float() - stock.float()).abs().max() <= 2 * 2**-7 * stock.float().abs().max()  # bf16 rounding
+
+
+def test_without_a_mask_it_is_the_stock_processor(monkeypatch):
+    attn = _attention(4, 1, 64)
+    hidden, text, _ = _inputs()
+    with torch.no_grad():
+        stock = attn(hidden, encoder_hidden_states=text)
+        use_key_channel_cross_attention(torch.nn.ModuleList([attn]))
+        assert torch.equal(attn(hidden, encoder_hidden_states=text), stock)
+
+
+def test_the_traced_attention_passes_sdpa_no_mask():
+    attn = _attention(4, 1, 64)
+    hidden, text, bias = _inputs()
+    masks = {}
+    for name in ("stock", "key_channel"):
+        if name == "key_channel":
+            use_key_channel_cross_attention(torch.nn.ModuleList([attn]))
+
+        def record(gm, example_inputs, name=name):
+            calls = [n for n in gm.graph.nodes if "scaled_dot_product_attention" in str(n.target)]
+            masks[name] = [n.kwargs.get("attn_mask", n.args[3] if len(n.args) > 3 else None) for n in calls]
+            return gm.forward
+
+        with torch.no_grad():
+            torch.compile(attn, backend=record, dynamic=False, fullgraph=True)(
+                hidden, encoder_hidden_states=text, attention_mask=bias)
+        torch._dynamo.reset()
+    assert len(masks["stock"]) == 1 and masks["stock"][0] is not None
+    assert masks["key_channel"] == [None]
+
+
+def test_use_and_restore_touch_only_cross_attentions(tiny_bundle):
+    unet = tiny_bundle.unet
+    processors = {name: m.processor for name, m in unet.named_modules() if hasattr(m, "processor")}
+    crosses = cross_attentions(unet)
+    assert crosses and len(crosses) < len(processors)  # the U-Net has self-attentions too
+    try:
+        assert use_key_channel_cross_attention(unet) == len(crosses)
+        assert all(isinstance(m.processor, KeyChannelCrossAttention) for _, m in crosses)
+        assert use_key_channel_cross_attention(unet) == 0  # nothing left to change
+        untouched = {n: m.processor for n, m in unet.named_modules() if hasattr(m, "processor") and not m.is_cross_attention}
+        assert all(processors[n] is p for n, p in untouched.items())
+    finally:
+        assert restore_cross_attention(unet) == len(crosses)
+    assert all(m.processor is processors[name] for name, m in unet.named_modules() if hasattr(m, "processor"))
+
+
+def test_a_layer_it_cannot_compute_is_refused_by_name_and_nothing_changes():
+    plain, odd = _attention(4, 1, 64), _attention(4, 1, 64, residual_connection=True)
+    layers = torch.nn.ModuleDict({"plain": plain, "odd": odd})
+    with pytest.raises(CrossAttentionError, match="cross-attention odd has residual_connection"):
+        use_key_channel_cross_attention(layers)
+    assert all(isinstance(m.processor, DreamLiteAttnProcessor2_0) for m in (plain, odd))
+
+
+def test_engine_output_is_the_same_with_either_mask_form(tiny_bundle, bikes_path):
+    frames = real_frames(bikes_path, 64, 8)
+    results = {}
+    for choice in ("bias", "key_channel"):
+        config = EngineConfig(size=64, batch=4, hooks="down_blocks", keep_latents=True, cross_attention=choice)
+        with StreamEngine(config, tiny_bundle) as engine:
+            engine.open_stream("s", "oil painting")
+            results[choice] = [engine.submit(frames[i : i + 4], "s").result() for i in (0, 4)]
+            assert (engine.cross_attentions > 0) == (choice == "key_channel")
+        assert not any(isinstance(m.processor, KeyChannelCrossAttention) for _, m in cross_attentions(tiny_bundle.unet))
+    for bias, key_channel in zip(results["bias"], results["key_channel"]):
+        torch.testing.assert_close(key_channel.latents, bias.latents, rtol=1e-4, atol=1e-4)
+        assert np.abs(key_channel.frames.astype(int) - bias.frames.astype(int)).max() <= 1
+
+
+def test_an_unknown_choice_is_refused_by_name(tiny_bundle):
+    with pytest.raises(EngineError, match="cross_attention 'sparse'"):
+        StreamEngine(EngineConfig(size=64, batch=2, cross_attention="sparse"), tiny_bundle)
+
+
+def test_the_service_setting_reaches_the_engine():
+    from services.gpu.worker import engine_config
+    from shared.settings import load_settings
+
+    settings = load_settings(None, overrides={"model": {"cross_attention": "key_channel"}})
+    assert engine_config(settings, cuda=False).cross_attention == "key_channel"
+    assert engine_config(load_settings(None), cuda=False).cross_attention == "bias"
+    with pytest.raises(Exception, match="cross_attention"):
+        load_settings(None, overrides={"model": {"cross_attention": "sparse"}})
