@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.gpu.kernel_trace import family
+from services.gpu.kernel_trace import duration_bin, family
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -17,6 +17,9 @@ from services.gpu.kernel_trace import family
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>", "attention"),
     ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", "attention"),
     ("triton_per_fused_native_group_norm_0", "fused (inductor)"),
+    # Named after the attention it feeds, but inductor's own code (a norm, a mask): not the attention kernel.
+    ("triton_per_fused__scaled_dot_product_cudnn_attention__to_copy_clone_expand_mean_31", "fused (inductor)"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64", "attention"),
     ("Memcpy HtoD (Pinned -> Device)", "copy"),
     ("void cudnn::ops::nchwToNhwcKernel<__nv_bfloat16>", "copy"),
     ("aten::addmm", "matmul"),
@@ -24,6 +27,11 @@ from services.gpu.kernel_trace import family
 ])
 def test_family_by_kernel_name(name, expected):
     assert family(name) == expected
+
+
+@pytest.mark.parametrize("mean_us, label", [(0.5, "<5us"), (4.99, "<5us"), (5.0, "<20us"), (60, "<100us"), (100, ">=100us")])
+def test_duration_bins(mean_us, label):
+    assert duration_bin(mean_us) == label
 
 
 def test_bench_traces_kernels_into_the_record(tmp_path, bikes_path):
@@ -41,4 +49,8 @@ def test_bench_traces_kernels_into_the_record(tmp_path, bikes_path):
     # On the CPU the operators stand in for kernels: the U-Net's convolutions and the encoders' matmuls ran.
     assert kernels["families_ms_per_frame"]["convolution"] > 0 and kernels["families_ms_per_frame"]["matmul"] > 0
     assert kernels["device_ms_per_frame"] == pytest.approx(sum(kernels["families_ms_per_frame"].values()))
+    durations = kernels["by_mean_duration"]
+    assert list(durations) == ["<5us", "<20us", "<100us", ">=100us"]
+    assert kernels["device_ms_per_frame"] == pytest.approx(sum(d["ms_per_frame"] for d in durations.values()))
+    assert sum(d["calls"] for d in durations.values()) >= sum(r["calls"] for r in top)
     assert "traced 4 frames" in result.output

@@ -15,12 +15,14 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-# First match wins: cuDNN's convolution kernels are implicit GEMMs, so they are named before "gemm".
+# First match wins: inductor names its fused kernels after the operators they feed ("…_cudnn_attention_…"), so
+# they come first (records before 2026-11-27 15:00 counted such kernels as attention); cuDNN's convolution kernels
+# are implicit GEMMs, so they are named before "gemm".
 FAMILIES = (
+    ("fused (inductor)", ("triton_",)),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("convolution", ("convolution", "conv2d", "convolve", "fprop", "dgrad", "wgrad")),
     ("matmul", ("nvjet", "gemm", "cutlass", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::linear")),
-    ("fused (inductor)", ("triton",)),
     ("copy", ("memcpy", "memset", "copy", "nchwtonhwc", "nhwctonchw")),
 )
 
@@ -54,8 +56,18 @@ def trace(engine, batches: list[np.ndarray], stream: str, top: int = 30) -> dict
     return result
 
 
+# Upper bounds (µs) of a kernel's mean duration: how much of the time goes to kernels too short to fill the GPU.
+DURATION_BINS_US = (5, 20, 100)
+DURATION_LABELS = (*(f"<{bound}us" for bound in DURATION_BINS_US), f">={DURATION_BINS_US[-1]}us")
+
+
+def duration_bin(mean_us: float) -> str:
+    return next((label for bound, label in zip(DURATION_BINS_US, DURATION_LABELS) if mean_us < bound), DURATION_LABELS[-1])
+
+
 def rank(prof, frames: int, cuda: bool, top: int = 30) -> dict:
-    """A finished profiler's kernels (CUDA) or operators (CPU), ranked by self time and grouped into families."""
+    """A finished profiler's kernels (CUDA) or operators (CPU), ranked by self time and grouped into families and
+    by mean duration per call."""
     rows = []
     for evt in prof.key_averages():
         if cuda:
@@ -69,12 +81,17 @@ def rank(prof, frames: int, cuda: bool, top: int = 30) -> dict:
     rows.sort(key=lambda r: r["ms"], reverse=True)
     total = sum(r["ms"] for r in rows)
     families: dict[str, float] = {}
+    durations = {label: {"calls": 0, "ms_per_frame": 0.0} for label in DURATION_LABELS}
     for r in rows:
         families[r["family"]] = families.get(r["family"], 0.0) + r["ms"]
+        cell = durations[duration_bin(r["ms"] * 1e3 / r["calls"])]
+        cell["calls"] += r["calls"]
+        cell["ms_per_frame"] += r["ms"] / frames if frames else 0.0
     return {
         "frames": frames,
         "device_ms_per_frame": total / frames if frames else 0.0,
         "families_ms_per_frame": {k: v / frames for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        "by_mean_duration": durations,
         "top": [{**r, "share": r["ms"] / total} for r in rows[:top]],
     }
 
