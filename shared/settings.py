@@ -357,7 +357,8 @@ class EngineSettings(_Section):
         le=10_000.0,
         allow_inf_nan=False,
         description="Latency-aware batching: dispatch a partial batch once its oldest frame has waited this long (ms) "
-        "and at most one batch is on the GPU (an idle GPU takes what waits at once).",
+        "and at most one batch is on the GPU (an idle GPU takes what waits at once when a live stream waits; frames "
+        "of lossless file streams only get this long to fill the batch).",
     )
     buckets: list[int] = Field(
         default_factory=list,

@@ -31,11 +31,26 @@ def test_dispatch_rule(waiting, in_flight, oldest_wait_s, flushing, due):
                         flushing=flushing) is due
 
 
-def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0) -> GpuWorker:
+@pytest.mark.parametrize(
+    ("waiting", "in_flight", "oldest_wait_s", "flushing", "due"),
+    [
+        (1, 0, 0.0, False, False),  # files only, idle GPU, young frames: give the batch time to fill
+        (3, 0, 0.049, False, False),
+        (3, 0, 0.05, False, True),  # ... but no longer than the deadline
+        (8, 0, 0.0, False, True),  # a full batch goes at once
+        (1, 0, 0.0, True, True),  # the file ended: flush
+    ],
+)
+def test_an_idle_gpu_lets_lossless_frames_fill_the_batch(waiting, in_flight, oldest_wait_s, flushing, due):
+    assert dispatch_due(waiting, batch=8, in_flight=in_flight, oldest_wait_s=oldest_wait_s, max_wait_s=0.05,
+                        flushing=flushing, live=False) is due
+
+
+def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0, live: bool = True) -> GpuWorker:
     """A worker with one stream's queue and outputs, without models or sockets: only the dispatch state is read."""
     worker = object.__new__(GpuWorker)
     frames = collections.deque(SimpleNamespace(t_ingest=now()) for _ in range(queued))
-    stream = SimpleNamespace(queue=frames, outputs=collections.deque([None] * outputs), ending=False)
+    stream = SimpleNamespace(queue=frames, outputs=collections.deque([None] * outputs), ending=False, live=live)
     worker.streams = {"s": stream} if queued or outputs else {}
     worker.batch, worker.max_wait, worker.draining, worker.in_flight = 8, 0.05, False, in_flight
     worker.engine = SimpleNamespace(config=SimpleNamespace(pipeline_depth=2))  # at most 3 batches in flight
@@ -43,17 +58,19 @@ def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0) -> GpuWorker
 
 
 @pytest.mark.parametrize(
-    ("queued", "outputs", "in_flight", "block"),
+    ("queued", "outputs", "in_flight", "live", "block"),
     [
-        (0, 0, 0, "no_frames"),
-        (3, 8, 1, "output_full"),  # a batch of outputs waits for egress: this stream takes no more
-        (8, 0, 3, "in_flight"),  # depth 2 + 1 batches on the GPU already
-        (3, 0, 1, "filling"),  # young frames, busy GPU: wait for company
-        (8, 7, 2, None),  # a full batch goes
+        (0, 0, 0, True, "no_frames"),
+        (3, 8, 1, True, "output_full"),  # a batch of outputs waits for egress: this stream takes no more
+        (8, 0, 3, True, "in_flight"),  # depth 2 + 1 batches on the GPU already
+        (3, 0, 1, True, "filling"),  # young frames, busy GPU: wait for company
+        (8, 7, 2, True, None),  # a full batch goes
+        (3, 0, 0, True, None),  # an idle GPU takes a camera's frames at once
+        (3, 0, 0, False, "filling"),  # ... but lets a file's young frames fill the batch
     ],
 )
-def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, block):
-    assert _stub_worker(queued, outputs, in_flight)._dispatch_block() == block
+def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, live, block):
+    assert _stub_worker(queued, outputs, in_flight, live)._dispatch_block() == block
 
 
 def test_scene_cuts_refresh_only_when_configured_and_gaps_always():

@@ -1,8 +1,8 @@
 """The GPU worker process: hosts the StreamEngine and serves every stream of the node.
 
 Frames of all streams arrive on one socket; each stream keeps its own queue. Batches are formed
-latency-aware: dispatch when B frames wait, when nothing is in flight, when the oldest has waited
-`max_batch_wait_ms` and at most one batch is on the GPU, or when a stream ends; frames of several streams share a batch, oldest first,
+latency-aware: dispatch when B frames wait, when nothing is in flight and a live stream waits, when the
+oldest has waited `max_batch_wait_ms` and at most one batch is on the GPU, or when a stream ends; frames of several streams share a batch, oldest first,
 each stream's frames in order; a partial batch pads to the smallest configured bucket that fits.
 Finished batches are written to the streams' output rings and announced to their egress processes.
 
@@ -179,17 +179,21 @@ class BatchMeta:
     versions: dict[str, int]
 
 
-def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float, max_wait_s: float, flushing: bool) -> bool:
+def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float, max_wait_s: float, flushing: bool,
+                 live: bool = True) -> bool:
     """Whether the frames waiting make a batch now (the caller has checked there is room in the pipeline).
 
-    An idle GPU takes what waits at once: a lone camera's frame never waits for company that may not
-    come. Under load, batches fill while earlier ones run, so this costs no throughput. A frame past its
+    An idle GPU takes what waits at once when a live stream waits (`live`): a lone camera's frame never
+    waits for company that may not come. Under load, batches fill while earlier ones run, so this costs no
+    throughput. Frames of lossless (file) streams only have no deadline to keep, so an idle GPU gives them
+    up to `max_wait_s` to fill the batch: a file's first frames otherwise went as a 1-row batch, then a
+    13- and a 14-row one, each at the cost of a full bucket (B=16 on an H100, 2026-11-27). A frame past its
     deadline goes in a partial batch only while at most one batch is on the GPU: with more queued ahead it
     would not start sooner, and a partial batch costs a full bucket's work (at B=16 on an H100 the service
     ran 35 batches of 13.7 frames on average for 480 frames, each at the cost of 16).
     """
     late = oldest_wait_s >= max_wait_s and in_flight <= 1
-    return waiting >= batch or in_flight == 0 or late or flushing
+    return waiting >= batch or (in_flight == 0 and live) or late or flushing
 
 
 def refresh_flags(settings: Settings) -> FrameFlags:
@@ -369,7 +373,7 @@ class GpuWorker:
         due = dispatch_due(
             waiting=sum(len(st.queue) for st in waiting), batch=self.batch, in_flight=self.in_flight,
             oldest_wait_s=now() - min(st.queue[0].t_ingest for st in waiting), max_wait_s=self.max_wait,
-            flushing=self.draining or any(st.ending for st in waiting),
+            flushing=self.draining or any(st.ending for st in waiting), live=any(st.live for st in waiting),
         )
         return None if due else "filling"
 
