@@ -5,10 +5,10 @@ SDPA expands it to (B, heads, queries, keys), and on CUDA inductor writes that e
 kernel: at B=8 and 512², 8 × 4 heads × 8192 queries × 128 keys in bf16, 67 MB for each level-0 call, in a fused
 kernel that took ≈ 160 µs (benchmarks/NOTES.md, 44). Appending one channel that is 1 for every query and
 bias / scale for every key gives each logit scale·(q·k) + bias, the same as the mask, with nothing to expand;
-seven more zero channels keep the head width a multiple of 8 (what the fused kernels want), the values get
-eight zero channels too, and the output drops them. Zeros add nothing to a dot product, so real keys' logits
-are unchanged, and padded keys' weights are exp(≈ −10000) = 0 either way: the same function up to the order
-of float sums.
+seven more zero channels keep the query/key width a multiple of 8 (what the fused kernels want). Values keep
+their width (SDPA takes a value width of its own, cuDNN's kernels included), so the output needs no cutting.
+Zeros add nothing to a dot product, so real keys' logits are unchanged, and padded keys' weights are
+exp(≈ −10000) = 0 either way: the same function up to the order of float sums.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CROSS_ATTENTIONS = ("bias", "key_channel")
-EXTRA_CHANNELS = 8  # one carries the bias; the rest keep head widths a multiple of 8
+EXTRA_CHANNELS = 8  # one carries the bias; the rest keep query/key widths a multiple of 8
 
 
 class CrossAttentionError(ValueError):
@@ -58,14 +58,13 @@ class KeyChannelCrossAttention:
         query = torch.cat([query, ones, query.new_zeros(b, n, attn.heads, EXTRA_CHANNELS - 1)], dim=-1)
         key = torch.cat([key, bias[:, :, :, None].expand(b, keys, kv_heads, 1),
                          key.new_zeros(b, keys, kv_heads, EXTRA_CHANNELS - 1)], dim=-1)
-        value = F.pad(value, (0, EXTRA_CHANNELS))
         if kv_heads != attn.heads:  # as the stock processor does it, so SDPA picks the same kernels
             repeats = attn.heads // kv_heads
             key = torch.repeat_interleave(key, repeats, dim=2, output_size=attn.heads)
             value = torch.repeat_interleave(value, repeats, dim=2, output_size=attn.heads)
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                                              scale=scale)
-        out = out[..., :head_dim].transpose(1, 2).reshape(b, n, attn.heads * head_dim).to(query.dtype)
+        out = out.transpose(1, 2).reshape(b, n, attn.heads * head_dim).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out))
 
 
