@@ -131,3 +131,16 @@ def test_key_channel_cross_attention_compiles_captures_and_matches_the_bias_on_c
     for bias, key_channel in zip(results["bias"], results["key_channel"]):
         torch.testing.assert_close(key_channel.latents, bias.latents, rtol=1e-3, atol=1e-3)
         assert np.abs(key_channel.frames.astype(int) - bias.frames.astype(int)).max() <= 2
+
+
+def test_sdpa_has_a_fused_kernel_for_the_key_channel_shapes():
+    """A value width (64) unlike the query/key width (72) rules out the flash kernel: cuDNN's (what the U-Net runs now)
+    or the memory-efficient one must still take the level-0 cross-attention's shapes, or SDPA would fall back to
+    the math path."""
+    from torch.backends.cuda import SDPAParams, can_use_cudnn_attention, can_use_efficient_attention
+
+    q = torch.randn(8, 4, 8192, 72, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(8, 4, 128, 72, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(8, 4, 128, 64, device="cuda", dtype=torch.bfloat16)
+    params = SDPAParams(q, k, v, None, 0.0, False, False)
+    assert can_use_cudnn_attention(params, True) or can_use_efficient_attention(params, True)
