@@ -64,13 +64,15 @@ def test_matches_in_bfloat16():
     assert (ours.float() - stock.float()).abs().max() <= 2 * 2**-7 * stock.float().abs().max()  # bf16 rounding
 
 
-def test_without_a_mask_it_is_the_stock_processor(monkeypatch):
+def test_without_an_additive_mask_it_is_the_stock_processor():
     attn = _attention(4, 1, 64)
-    hidden, text, _ = _inputs()
+    hidden, text, bias = _inputs()
+    keep = bias == 0  # a boolean mask (True: attend), as SDPA takes one
     with torch.no_grad():
-        stock = attn(hidden, encoder_hidden_states=text)
+        stock = [attn(hidden, encoder_hidden_states=text), attn(hidden, encoder_hidden_states=text, attention_mask=keep)]
         use_key_channel_cross_attention(torch.nn.ModuleList([attn]))
-        assert torch.equal(attn(hidden, encoder_hidden_states=text), stock)
+        assert torch.equal(attn(hidden, encoder_hidden_states=text), stock[0])
+        assert torch.equal(attn(hidden, encoder_hidden_states=text, attention_mask=keep), stock[1])
 
 
 def test_the_traced_attention_passes_sdpa_no_mask():

@@ -28,14 +28,15 @@ class CrossAttentionError(ValueError):
 class KeyChannelCrossAttention:
     """Attention processor for one U-Net cross-attention: the stock computation with the mask in a key channel.
 
-    Without a mask (or for self-attention) it hands the call to the processor it replaced."""
+    Without an additive mask (or for self-attention) it hands the call to the processor it replaced."""
 
     def __init__(self, stock):
         self.stock = stock
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
-        if attention_mask is None or encoder_hidden_states is None or hidden_states.ndim != 3:
+        if (attention_mask is None or not attention_mask.is_floating_point() or encoder_hidden_states is None
+                or hidden_states.ndim != 3):  # only an additive bias over the keys, as the U-Net hands it over
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         b, n, _ = hidden_states.shape
         keys = encoder_hidden_states.shape[1]
