@@ -41,6 +41,8 @@ VARIANTS: dict[str, dict] = {
     # The cross-attention's padding mask in an extra query/key channel instead of a bias SDPA expands per query
     # (services/gpu/cross_attention.py).
     "key_channel_cross_attention": {"inductor": {}, "engine": {"cross_attention": "key_channel"}},
+    # ... and every cross-attention's keys and values from one matrix product instead of 72 small ones.
+    "key_channel_fused_kv": {"inductor": {}, "engine": {"cross_attention": "key_channel_fused_kv"}},
 }
 # With --output-code: inductor writes only its generated code (output_code.py per compiled graph), not its IR dumps.
 OUTPUT_CODE_ONLY = {"enabled": True, "output_code": True, "fx_graph": False, "fx_graph_transformed": False,

@@ -67,7 +67,8 @@ def bench(
     cuda_streams: int = typer.Option(2, help="2: side + main stream; 3: decode on a stream of its own, flows on the side."),
     fp8: str = typer.Option("", help="Comma-separated parts (text_encoder, unet) with FP8 linears: an approximation."),
     group_norm: str = typer.Option("auto", help="U-Net GroupNorms: native, two_pass (same function, per-channel sums) or auto."),
-    cross_attention: str = typer.Option("bias", help="U-Net cross-attention mask: bias or key_channel (same function)."),
+    cross_attention: str = typer.Option(
+        "bias", help="U-Net cross-attention: bias, key_channel or key_channel_fused_kv (same function)."),
     trace_batches: int = typer.Option(0, help="After timing, trace this many batches' kernels (top kernels into the record)."),
     frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
     warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),

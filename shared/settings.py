@@ -268,11 +268,13 @@ class ModelSettings(_Section):
         "fps on an H200 and +5.6% on an H100 at B=8; uncompiled calls keep torch's kernel); 'auto' is two_pass when the "
         "U-Net is compiled and native otherwise.",
     )
-    cross_attention: Literal["bias", "key_channel"] = Field(
+    cross_attention: Literal["bias", "key_channel", "key_channel_fused_kv"] = Field(
         "bias",
         description="How the U-Net's cross-attention masks its padded text tokens: 'bias' (diffusers' additive bias, "
         "which SDPA expands per query) or 'key_channel' (the same logits, with the bias carried in one extra "
-        "query/key channel so no bias tensor is expanded; same function up to float rounding; not yet timed on a GPU).",
+        "query/key channel so no bias tensor is expanded); 'key_channel_fused_kv' also computes every "
+        "cross-attention's keys and values in one matrix product. Same function up to float rounding; not yet timed "
+        "on a GPU.",
     )
     cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
     gpus: int = Field(

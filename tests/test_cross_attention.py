@@ -10,6 +10,7 @@ from diffusers.models.unets.unet_dreamlite import DreamLiteAttnProcessor2_0
 
 from services.gpu.cross_attention import (
     CrossAttentionError,
+    FusedKeyValueProjection,
     KeyChannelCrossAttention,
     cross_attentions,
     restore_cross_attention,
@@ -120,19 +121,24 @@ def test_a_layer_it_cannot_compute_is_refused_by_name_and_nothing_changes():
     assert all(isinstance(m.processor, DreamLiteAttnProcessor2_0) for m in (plain, odd))
 
 
-def test_engine_output_is_the_same_with_either_mask_form(tiny_bundle, bikes_path):
+@pytest.mark.parametrize("choice", ["key_channel", "key_channel_fused_kv"])
+def test_engine_output_is_the_same_with_either_mask_form(tiny_bundle, bikes_path, choice):
     frames = real_frames(bikes_path, 64, 8)
+    projection = tiny_bundle.unet.encoder_hid_proj
     results = {}
-    for choice in ("bias", "key_channel"):
-        config = EngineConfig(size=64, batch=4, hooks="down_blocks", keep_latents=True, cross_attention=choice)
+    for name in ("bias", choice):
+        config = EngineConfig(size=64, batch=4, hooks="down_blocks", keep_latents=True, cross_attention=name)
         with StreamEngine(config, tiny_bundle) as engine:
             engine.open_stream("s", "oil painting")
-            results[choice] = [engine.submit(frames[i : i + 4], "s").result() for i in (0, 4)]
-            assert (engine.cross_attentions > 0) == (choice == "key_channel")
+            results[name] = [engine.submit(frames[i : i + 4], "s").result() for i in (0, 4)]
+            assert (engine.cross_attentions > 0) == (name != "bias")
+            fused = isinstance(tiny_bundle.unet.encoder_hid_proj, FusedKeyValueProjection)
+            assert fused == (name == "key_channel_fused_kv")
         assert not any(isinstance(m.processor, KeyChannelCrossAttention) for _, m in cross_attentions(tiny_bundle.unet))
-    for bias, key_channel in zip(results["bias"], results["key_channel"]):
-        torch.testing.assert_close(key_channel.latents, bias.latents, rtol=1e-4, atol=1e-4)
-        assert np.abs(key_channel.frames.astype(int) - bias.frames.astype(int)).max() <= 1
+        assert tiny_bundle.unet.encoder_hid_proj is projection  # given back on close
+    for bias, ours in zip(results["bias"], results[choice]):
+        torch.testing.assert_close(ours.latents, bias.latents, rtol=1e-4, atol=1e-4)
+        assert np.abs(ours.frames.astype(int) - bias.frames.astype(int)).max() <= 1
 
 
 def test_an_unknown_choice_is_refused_by_name(tiny_bundle):
@@ -149,3 +155,90 @@ def test_the_service_setting_reaches_the_engine():
     assert engine_config(load_settings(None), cuda=False).cross_attention == "bias"
     with pytest.raises(Exception, match="cross_attention"):
         load_settings(None, overrides={"model": {"cross_attention": "sparse"}})
+
+
+def _unet_inputs(unet, batch: int = 2, keys: int = 24, padded: bool = True):
+    torch.manual_seed(3)
+    cfg = unet.config
+    sample = torch.randn(batch, cfg.in_channels, 8, 16)
+    text = torch.randn(batch, keys, cfg.encoder_hid_dim)
+    mask = torch.ones(batch, keys)
+    if padded:
+        mask[0, 17:] = 0
+        text = text * mask[:, :, None]
+    kwargs = {"timestep": torch.full((batch,), 999.0), "encoder_hidden_states": text,
+              "added_cond_kwargs": {"time_ids": torch.tensor([[64.0, 64.0]])}, "return_dict": False}
+    return sample, kwargs, mask
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_the_fused_projection_gives_the_u_net_the_same_output(tiny_bundle, with_mask):
+    unet = tiny_bundle.unet
+    sample, kwargs, mask = _unet_inputs(unet)
+    if with_mask:
+        kwargs["encoder_attention_mask"] = mask
+    state_keys = list(unet.state_dict())
+    with torch.no_grad():
+        stock = unet(sample, **kwargs)[0]
+        try:
+            assert use_key_channel_cross_attention(unet, fuse_kv=True) == len(cross_attentions(unet))
+            fused = unet.encoder_hid_proj
+            assert isinstance(fused, FusedKeyValueProjection)
+            widths = [k + v for _, k, v in fused.columns]
+            assert fused.kv.out_features == sum(widths) and [c[0] for c in fused.columns] == list(np.cumsum([0, *widths[:-1]]))
+            ours = unet(sample, **kwargs)[0]
+        finally:
+            restore_cross_attention(unet)
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
+    assert list(unet.state_dict()) == state_keys  # the U-Net's own projection is back in place
+
+
+def test_the_fused_projection_refuses_what_it_cannot_compute(tiny_bundle):
+    attn = _attention(4, 1, 64)
+    attn.to_k.bias = torch.nn.Parameter(torch.zeros(attn.to_k.out_features))
+    with pytest.raises(CrossAttentionError, match="a key or value bias"):
+        use_key_channel_cross_attention(torch.nn.ModuleList([attn]), fuse_kv=True)
+    with pytest.raises(CrossAttentionError, match="text projection"):
+        use_key_channel_cross_attention(torch.nn.ModuleList([_attention(4, 1, 64)]), fuse_kv=True)
+    unet = tiny_bundle.unet
+    try:
+        use_key_channel_cross_attention(unet, fuse_kv=True)
+        attn2 = cross_attentions(unet)[0][1]
+        hidden, text = torch.randn(2, 4, attn2.to_q.in_features), torch.randn(2, 24, unet.encoder_hid_proj.kv.out_features)
+        with torch.no_grad(), pytest.raises(CrossAttentionError, match="additive mask or none"):
+            attn2.processor(attn2, hidden, text, attention_mask=torch.ones(2, 1, 24, dtype=torch.bool))
+    finally:
+        restore_cross_attention(unet)
+    assert all(isinstance(m.processor, DreamLiteAttnProcessor2_0) for _, m in cross_attentions(unet))
+
+
+def test_the_traced_u_net_makes_one_key_value_product_and_passes_no_mask(tiny_bundle):
+    unet = tiny_bundle.unet
+    sample, kwargs, mask = _unet_inputs(unet)
+    kwargs["encoder_attention_mask"] = mask
+    layers = len(cross_attentions(unet))
+    graphs = {}
+    for choice in ("stock", "fused"):
+
+        def record(gm, example_inputs, choice=choice):
+            nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
+            graphs.setdefault(choice, []).extend(nodes)
+            return gm.forward
+
+        try:
+            if choice == "fused":
+                use_key_channel_cross_attention(unet, fuse_kv=True)
+            with torch.no_grad():
+                torch.compile(unet, backend=record, dynamic=False)(sample, **kwargs)
+        finally:
+            restore_cross_attention(unet)
+            torch._dynamo.reset()
+    linears = {c: sum("linear" in str(n.target) for n in nodes) for c, nodes in graphs.items()}
+    assert linears["fused"] == linears["stock"] - 2 * layers + 1
+    def masked(nodes):
+        sdpa = [n for n in nodes if "scaled_dot_product_attention" in str(n.target)]
+        return sdpa, [n for n in sdpa if n.kwargs.get("attn_mask") is not None or (len(n.args) > 3 and n.args[3] is not None)]
+
+    assert len(masked(graphs["stock"])[1]) == layers  # the stock cross-attentions hand SDPA their bias
+    sdpa, with_mask = masked(graphs["fused"])
+    assert len(sdpa) == len(masked(graphs["stock"])[0]) and not with_mask

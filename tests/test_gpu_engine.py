@@ -117,18 +117,20 @@ def test_fp8_linears_compile_capture_and_stay_close_on_cuda(cuda_bundle, bikes_p
     assert 0.98 < similarity < 1.0, similarity
 
 
-def test_key_channel_cross_attention_compiles_captures_and_matches_the_bias_on_cuda(cuda_fp32_bundle, bikes_path):
-    """The mask in a key channel through inductor and a CUDA graph: the same frames as the bias form (float32)."""
+@pytest.mark.parametrize("choice", ["key_channel", "key_channel_fused_kv"])
+def test_key_channel_cross_attention_compiles_captures_and_matches_the_bias_on_cuda(cuda_fp32_bundle, bikes_path, choice):
+    """The mask in a key channel (and the fused key/value product) through inductor and a CUDA graph: the same frames
+    as the bias form (float32)."""
     frames = real_frames(bikes_path, 128, 8)
     results = {}
-    for choice in ("bias", "key_channel"):
+    for name in ("bias", choice):
         config = EngineConfig(size=128, batch=4, hooks="down_blocks", compile="default", cuda_graphs=True,
-                              keep_latents=True, cross_attention=choice)
+                              keep_latents=True, cross_attention=name)
         with StreamEngine(config, cuda_fp32_bundle) as engine:
             engine.open_stream("s", "make it an oil painting", seed=2)
-            results[choice] = [engine.submit(frames[i : i + 4], "s").result() for i in (0, 4)]
-            assert (engine.cross_attentions > 0) == (choice == "key_channel")
-    for bias, key_channel in zip(results["bias"], results["key_channel"]):
+            results[name] = [engine.submit(frames[i : i + 4], "s").result() for i in (0, 4)]
+            assert (engine.cross_attentions > 0) == (name != "bias")
+    for bias, key_channel in zip(results["bias"], results[choice]):
         torch.testing.assert_close(key_channel.latents, bias.latents, rtol=1e-3, atol=1e-3)
         assert np.abs(key_channel.frames.astype(int) - bias.frames.astype(int)).max() <= 2
 

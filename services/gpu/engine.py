@@ -130,7 +130,8 @@ class EngineConfig:
     # auto: two_pass when the U-Net is compiled. Same function either way.
     group_norm: str = "auto"
     # The U-Net's cross-attention mask. bias: diffusers' additive bias, which SDPA expands per query (and inductor
-    # writes out); key_channel: the same logits with the bias in an extra query/key channel (cross_attention.py).
+    # writes out); key_channel: the same logits with the bias in an extra query/key channel (cross_attention.py);
+    # key_channel_fused_kv: that, with every cross-attention's keys and values from one matrix product.
     cross_attention: str = "bias"
     keep_latents: bool = False  # return final latents too (tests)
 
@@ -208,7 +209,8 @@ class StreamEngine:
         self.encoder = EditPromptEncoder(bundle.text_encoder, bundle.tokenizer, bundle.vision, config.encoder_size)
         # First of the in-place changes to the bundle's U-Net (each given back on close): it is the one that can refuse.
         try:
-            self.cross_attentions = use_key_channel_cross_attention(bundle.unet) if config.cross_attention == "key_channel" else 0
+            self.cross_attentions = (use_key_channel_cross_attention(bundle.unet, config.cross_attention == "key_channel_fused_kv")
+                                     if config.cross_attention != "bias" else 0)
         except CrossAttentionError as exc:
             raise EngineError(str(exc)) from exc
         log.info("U-Net cross-attention mask: %s (%d layers)", config.cross_attention, self.cross_attentions)
