@@ -36,7 +36,7 @@ from services.gpu.engine import EngineConfig, EngineError, StreamEngine  # noqa:
 from services.gpu.profiles import load_profile  # noqa: E402
 from shared.records import card_slug, host_info, write_result  # noqa: E402
 
-FIELDS = {f.name: f for f in dataclasses.fields(EngineConfig)}
+FIELDS = {f.name for f in dataclasses.fields(EngineConfig)}
 
 
 def run(bundle, config: EngineConfig, frames: np.ndarray, prompt: str) -> dict:

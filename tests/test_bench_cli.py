@@ -41,7 +41,7 @@ def test_bench_takes_the_group_norm_and_cross_attention_choices(tmp_path, bikes_
     ])
     assert result.exit_code == 0, result.output
     record = json.loads(next(tmp_path.glob("bench_*.json")).read_text())
-    assert record["engine"]["group_norm"] == "two_pass" and record["engine"]["cross_attention"] == "key_channel"
+    assert record["engine"]["group_norm"] == "two_pass" and record["config"]["cross_attention"] == "key_channel"
     import services.gpu.bench
 
     started = []

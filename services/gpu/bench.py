@@ -195,7 +195,6 @@ def bench(profile: str, clip: str, prompt: str, config: EngineConfig, device: st
     with StreamEngine(config, bundle) as engine:
         result["engine"] = run_engine(engine, clip, prompt, frames, warmup_batches)
         result["engine"]["group_norm"] = engine.group_norm  # what "auto" resolved to
-        result["engine"]["cross_attention"] = config.cross_attention
         if trace_batches:
             stack = np.stack(list(clip_frames(clip, config.size, trace_batches * config.batch)))
             result["kernels"] = kernel_trace.trace(engine, list(stack.reshape(trace_batches, config.batch, *stack.shape[1:])), "bench")

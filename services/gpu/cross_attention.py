@@ -4,8 +4,10 @@ The U-Net hands every cross-attention an additive bias (B, 1, keys): 0 for a rea
 SDPA expands it to (B, heads, queries, keys), and on CUDA inductor appears to write that expansion out for the
 attention kernel (the U-Net's trace has a fused kernel named for `rsub`, `expand` and `clone` beside each level-0
 cross-attention, ≈ 160 µs; benchmarks/NOTES.md, 44): at B=8 and 512², 8 × 4 heads × 8192 queries × 128 keys in
-bf16 is 67 MB per level-0 call. Not yet confirmed by reading the generated code. Appending one channel that is 1 for every query and
-bias / scale for every key gives each logit scale·(q·k) + bias, the same as the mask, with nothing to expand;
+bf16 is 67 MB per level-0 call. Not yet confirmed by reading the generated code.
+
+Appending one channel that is 1 for every query and bias / scale for every key gives each logit
+scale·(q·k) + bias, the same as the mask, with nothing to expand;
 seven more zero channels keep the query/key width a multiple of 8 (what the fused kernels want). Values keep
 their width (SDPA takes a value width of its own, cuDNN's kernels included), so the output needs no cutting.
 Zeros add nothing to a dot product, so real keys' logits are unchanged, and padded keys' weights are

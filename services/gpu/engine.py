@@ -130,7 +130,7 @@ class EngineConfig:
     # auto: two_pass when the U-Net is compiled. Same function either way.
     group_norm: str = "auto"
     # The U-Net's cross-attention mask. bias: diffusers' additive bias, which SDPA expands per query (and inductor
-    # writes out); key_channel: the same logits with the bias in an extra query/key channel (cross_attention.py);
+    # appears to write out); key_channel: the same logits with the bias in an extra query/key channel (cross_attention.py);
     # key_channel_fused_kv: that, with every cross-attention's keys and values from one matrix product.
     cross_attention: str = "bias"
     keep_latents: bool = False  # return final latents too (tests)

@@ -2,9 +2,10 @@
 
 Frames of all streams arrive on one socket; each stream keeps its own queue. Batches are formed
 latency-aware: dispatch when B frames wait, when nothing is in flight and a live stream waits, when the
-oldest has waited `max_batch_wait_ms` and at most one batch is on the GPU, or when a stream ends; frames of several streams share a batch, oldest first,
-each stream's frames in order; a partial batch pads to the smallest configured bucket that fits.
-Finished batches are written to the streams' output rings and announced to their egress processes.
+oldest has waited `max_batch_wait_ms` and at most one batch is on the GPU, or when a stream ends; frames of
+several streams share a batch, oldest first, each stream's frames in order; a partial batch pads to the
+smallest configured bucket that fits. Finished batches are written to the streams' output rings and
+announced to their egress processes.
 
 Credits keep file streams lossless: input slots are released once their frames are copied (the last
 frame of each stream is kept one batch longer, as the next refresh's flow source, and a refresh
@@ -185,8 +186,8 @@ def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float,
 
     An idle GPU takes what waits at once when a live stream waits (`live`): a lone camera's frame never
     waits for company that may not come. Under load, batches fill while earlier ones run, so this costs no
-    throughput. Frames of lossless (file) streams only have no deadline to keep, so an idle GPU gives them
-    up to `max_wait_s` to fill the batch: a file's first frames otherwise went as a 1-row batch, then a
+    throughput. When only lossless (file) streams wait, there is no camera to keep up with, so an idle GPU
+    gives their frames up to `max_wait_s` to fill the batch: a file's first frames otherwise went as a 1-row batch, then a
     13- and a 14-row one, each at the cost of a full bucket (B=16 on an H100, 2026-11-27). A frame past its
     deadline goes in a partial batch only while at most one batch is on the GPU: with more queued ahead it
     would not start sooner, and a partial batch costs a full bucket's work (at B=16 on an H100 the service
