@@ -146,17 +146,6 @@ def test_an_unknown_choice_is_refused_by_name(tiny_bundle):
         StreamEngine(EngineConfig(size=64, batch=2, cross_attention="sparse"), tiny_bundle)
 
 
-def test_the_service_setting_reaches_the_engine():
-    from services.gpu.worker import engine_config
-    from shared.settings import load_settings
-
-    settings = load_settings(None, overrides={"model": {"cross_attention": "key_channel"}})
-    assert engine_config(settings, cuda=False).cross_attention == "key_channel"
-    assert engine_config(load_settings(None), cuda=False).cross_attention == "bias"
-    with pytest.raises(Exception, match="cross_attention"):
-        load_settings(None, overrides={"model": {"cross_attention": "sparse"}})
-
-
 def _unet_inputs(unet, batch: int = 2, keys: int = 24, padded: bool = True):
     torch.manual_seed(3)
     cfg = unet.config

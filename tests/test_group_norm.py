@@ -148,13 +148,3 @@ def test_the_cpu_engine_keeps_torch_group_norm_by_default(tiny_bundle):
 def test_an_unknown_group_norm_is_refused_by_name(tiny_bundle):
     with pytest.raises(EngineError, match="group_norm 'welford'"):
         StreamEngine(EngineConfig(size=64, batch=2, group_norm="welford"), tiny_bundle)
-
-
-def test_the_service_setting_reaches_the_engine():
-    from services.gpu.worker import engine_config
-    from shared.settings import load_settings
-
-    settings = load_settings(None, overrides={"model": {"group_norm": "two_pass"}})
-    assert engine_config(settings, cuda=False).group_norm == "two_pass"
-    with pytest.raises(Exception, match="group_norm"):
-        load_settings(None, overrides={"model": {"group_norm": "welford"}})

@@ -367,3 +367,17 @@ def test_misencoded_password_is_not_leaked_by_url_parsing() -> None:
         parse_stream({"name": "cam", "source": "rtsp://admin:top/secret@cam:554/x", "prompt": "p"})
     assert "top" not in str(exc.value) and "secret" not in str(exc.value)
     assert "percent-encode" in str(exc.value)
+
+
+@pytest.mark.parametrize("field, value, default, bad", [
+    ("group_norm", "two_pass", "auto", "welford"),
+    ("cross_attention", "key_channel", "bias", "sparse"),
+])
+def test_the_u_net_choices_reach_the_engine(field, value, default, bad):
+    from services.gpu.worker import engine_config
+
+    settings = load_settings(None, overrides={"model": {field: value}})
+    assert getattr(engine_config(settings, cuda=False), field) == value
+    assert getattr(engine_config(load_settings(None), cuda=False), field) == default
+    with pytest.raises(Exception, match=field):
+        load_settings(None, overrides={"model": {field: bad}})
