@@ -78,6 +78,7 @@ def run_cameras(args, clip: Path, cameras: int, tmp: Path) -> dict:
         "aggregate_fps": summary.aggregate_fps, "latency_ms_p50": summary.latency_ms_p50,
         "latency_ms_p95": summary.latency_ms_p95, "worst_stream_p95_ms": max(p95s) if p95s else None,
         "stage_means_ms": summary.stage_means_ms, "streams": per_stream, "wall_s": summary.wall_s,
+        "gpu": summary.gpu,  # the worker's batches: rows, cadence, why it waited (is the GPU the limit?)
     }
 
 def main() -> int:

@@ -25,3 +25,4 @@ def test_live_cameras_benchmark_records_latency_and_drops(tmp_path, bikes_path):
     cam = run["streams"]["cam0"]
     assert cam["state"] == "stopped"
     assert 0 < cam["latency_ms"]["p50"] <= cam["latency_ms"]["p95"] <= cam["latency_ms"]["max"]
+    assert sum(run["gpu"]["gpu"]["series"]["rows"][i][0] for i in range(run["gpu"]["gpu"]["batches"])) == run["frames_out"]
