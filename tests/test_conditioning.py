@@ -66,6 +66,40 @@ def test_refresh_conditioning_is_the_warped_previous_output(tiny_bundle, bikes_p
             assert (st.cond[key] - unwarped[key]).abs().mean() > 3 * near, key
 
 
+@pytest.mark.parametrize("flow_backend", ["opencv", "torch"])
+def test_a_streams_refresh_computes_its_own_rows_with_the_same_result_as_the_whole_batch(tiny_bundle, bikes_path, monkeypatch,
+                                                                                    flow_backend):
+    """Two streams share B=8 rows 3 + 5: their refreshes run at 4 and 8 rows (refresh_size), not 8 and 8, and
+    give what refreshes padded to the whole batch gave."""
+    import services.gpu.engine as engine_module
+
+    frames = real_frames(bikes_path, 64, 16)
+    results = {}
+    for padding in ("own_rows", "whole_batch"):
+        with monkeypatch.context() as patch:
+            if padding == "whole_batch":  # the behaviour before refresh_size
+                patch.setattr(engine_module, "refresh_size", lambda rows, batch: batch)
+            config = EngineConfig(size=64, batch=8, hooks="down_blocks", cond_refresh=8, flow_backend=flow_backend)
+            torch.manual_seed(0)  # the same adapter initialisation for both engines
+            with StreamEngine(config, tiny_bundle) as engine:
+                sizes = []
+                cond_fn = engine._cond_fn
+                engine._cond_fn = lambda previous, flows: sizes.append(len(flows)) or cond_fn(previous, flows)
+                for name in ("a", "b"):
+                    engine.open_stream(name, "make it an oil painting")
+                outputs = [engine.submit_mixed([("a", frames[i:i + 3]), ("b", frames[8 + i:13 + i])]).result().frames
+                           for i in (0, 3)]  # the second batch refreshes both streams
+                results[padding] = (sizes, np.concatenate(outputs), {n: engine.streams[n].cond for n in ("a", "b")})
+                assert engine.counters["refreshes"] == 2
+    assert results["own_rows"][0] == [4, 8] and results["whole_batch"][0] == [8, 8]
+    assert np.abs(results["own_rows"][1].astype(int) - results["whole_batch"][1]).max() <= 1
+    for name in ("a", "b"):
+        assert results["own_rows"][2][name].keys() == results["whole_batch"][2][name].keys()
+        for key, value in results["own_rows"][2][name].items():
+            assert value.shape[0] == (3 if name == "a" else 5)
+            torch.testing.assert_close(value, results["whole_batch"][2][name][key], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(("batch", "cpus", "gpu_workers", "threads"),
                          [(8, 16, 1, 8), (16, 16, 1, 16), (16, 16, 2, 8), (8, 2, 1, 2), (4, 1, 4, 1)])
 def test_flow_process_runs_a_refresh_batch_at_once_within_its_share_of_cores(batch, cpus, gpu_workers, threads):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from services.gpu.engine import ByBatchSize, EngineConfig, EngineError, StreamEngine
-from services.gpu.worker import GpuWorker, dispatch_due, engine_config, refresh_flags
+from services.gpu.worker import GpuWorker, dispatch_due, engine_config, refresh_flags, warm_up_sizes
 from shared.protocol import FrameFlags, now
 from shared.settings import ConfigError, load_settings
 
@@ -166,3 +166,26 @@ def test_the_engine_builds_and_runs_with_only_the_largest_bucket_compiled(tiny_b
     assert {"DreamLiteUNetModel", "forward", "_vae_encode_fn", "decode"} <= set(wrapped[:calls_at_four])
     assert "DreamLiteUNetModel" not in wrapped[calls_at_four:]  # the 1-row batch ran the plain U-Net
     assert four.frames.shape == (4, 64, 64, 3) and one.frames.shape == (1, 64, 64, 3) and one.bucket == 1
+
+
+@pytest.mark.parametrize(("buckets", "refreshes", "sizes"), [
+    ([32], True, [32, 1, 2, 4, 8, 16]),  # one compiled bucket: every smaller refresh size is captured too
+    ([1, 2, 4, 8], True, [1, 2, 4, 8]),  # each bucket's own refresh covers them all
+    ([3, 8], True, [3, 8, 1, 2]),  # a bucket of 3 refreshes at 4
+    ([32], False, [32]),  # no adapter: nothing refreshes
+])
+def test_the_warm_up_runs_every_bucket_and_every_refresh_size(buckets, refreshes, sizes):
+    assert warm_up_sizes(buckets, buckets[-1], refreshes) == sizes
+
+
+def test_the_warm_up_refreshes_at_every_refresh_size(tiny_bundle):
+    """With one bucket of 4, the warm-up also builds the conditioning at 1 and 2 rows: a live stream's small share
+    of a batch finds its shape ready (on CUDA: compiled or captured before READY)."""
+    config = EngineConfig(size=64, batch=4, hooks="down_blocks", compile="none")
+    with StreamEngine(config, tiny_bundle) as engine:
+        sizes = []
+        cond_fn = engine._cond_fn
+        engine._cond_fn = lambda previous, flows: sizes.append(len(flows)) or cond_fn(previous, flows)
+        GpuWorker._warm_up(SimpleNamespace(engine=engine, batch=4, size=64))
+        assert sizes == [4, 1, 2]
+        assert not engine.streams and engine.counters["refreshes"] == 0  # the warm-up leaves no trace

