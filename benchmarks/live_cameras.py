@@ -54,6 +54,14 @@ def naive_baseline(profile: str, clip: str, size: int, frames: int, prompt: str)
     return {"device": _device_info(bundle.device), "steps4": result}
 
 
+def device_info() -> dict:
+    """Card, versions and host of the device the service will pick (what the naive run records otherwise)."""
+    from services.gpu.bench import _device_info
+    from services.gpu.profiles import resolve_device
+
+    return _device_info(resolve_device("auto"))
+
+
 def run_cameras(args, clip: Path, cameras: int, tmp: Path) -> dict:
     streams = [{"name": f"cam{i}", "source": str(clip), "prompt": args.prompt, "pace": True, "live": True,
                 "sinks": [{"type": "mp4", "target": str(tmp / f"cam{cameras}_{i}.mp4")}]} for i in range(cameras)]
@@ -115,6 +123,8 @@ def main() -> int:
             naive = in_child(naive_baseline, args.profile, args.clip, args.size, args.naive_frames, args.prompt)
             record.update(naive.pop("device"))
             record["naive"] = naive
+        else:  # the card still names the record
+            record.update(in_child(device_info))
         cams = "-".join(str(c) for c in args.cameras)
         stem = f"live_cameras_{args.profile}_{card_slug(str(record.get('card', 'unknown')))}_{cams}cams_B{args.batch}"
         path = None

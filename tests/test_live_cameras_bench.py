@@ -19,6 +19,7 @@ def test_live_cameras_benchmark_records_latency_and_drops(tmp_path, bikes_path):
     (path,) = out.glob("live_cameras_synthetic-tiny_*_1cams_B4_*.json")
     record = json.loads(path.read_text())
     assert record["note"].startswith("random weights")
+    assert record["card"].startswith("CPU") and record["torch"]  # named without the naive run
     (run,) = record["runs"]
     assert run["cameras"] == 1 and run["frames_in"] == 20
     assert run["frames_out"] + run["dropped"] == 20  # every frame written or counted
