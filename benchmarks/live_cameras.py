@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.isolation import in_child  # noqa: E402
+from benchmarks.service_vs_engine import parse_variant  # noqa: E402
 from services.runner import run_pipeline  # noqa: E402
 from shared.records import card_slug, write_result  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
@@ -69,6 +70,7 @@ def run_cameras(args, clip: Path, cameras: int, tmp: Path) -> dict:
         "model.profile": args.profile, "engine.size": args.size, "engine.batch": args.batch,
         "engine.buckets": args.buckets, "engine.max_batch_wait_ms": args.max_batch_wait_ms,
         "model.compile_mode": args.compile, "model.compile_buckets": args.compile_buckets, "streams": streams,
+        **args.overrides,
     })
     summary = run_pipeline(settings, progress=False)
     per_stream = {}
@@ -105,14 +107,17 @@ def main() -> int:
                         help="compile every bucket, or only the full batch (one compile at start-up)")
     parser.add_argument("--naive-frames", type=int, default=4, help="frames of the naive 4-step pipeline (0: skip)")
     parser.add_argument("--prompt", default="make it an oil painting")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a settings path for every run, e.g. engine.refresh_on_scene_cut=false (repeatable)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
+    args.overrides = parse_variant(" ".join(["set", *args.set]))[1]
     record = {
         "kind": "live_cameras", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in sys.argv), "profile": args.profile,
         "config": {"batch": args.batch, "buckets": args.buckets, "size": args.size, "fps": args.fps,
                    "seconds": args.seconds, "max_batch_wait_ms": args.max_batch_wait_ms, "compile": args.compile,
-                   "compile_buckets": args.compile_buckets},
+                   "compile_buckets": args.compile_buckets, "overrides": args.overrides},
         "note": "random weights: speed only, output is not a stylisation" if args.profile.startswith("synthetic-") else "",
         "runs": [],
     }

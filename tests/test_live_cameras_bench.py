@@ -13,7 +13,7 @@ def test_live_cameras_benchmark_records_latency_and_drops(tmp_path, bikes_path):
     out = tmp_path / "results"
     cmd = [sys.executable, "benchmarks/live_cameras.py", "--profile", "synthetic-tiny", "--clip", str(bikes_path),
            "--size", "64", "--batch", "4", "--buckets", "1,2", "--cameras", "1", "--seconds", "2", "--fps", "10",
-           "--naive-frames", "0", "--out", str(out)]
+           "--naive-frames", "0", "--set", "engine.cond_refresh=1", "--out", str(out)]
     result = subprocess.run(cmd, cwd=REPO, env=service_env(tmp_path / "rt"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = out.glob("live_cameras_synthetic-tiny_*_1cams_B4_*.json")
@@ -26,4 +26,8 @@ def test_live_cameras_benchmark_records_latency_and_drops(tmp_path, bikes_path):
     cam = run["streams"]["cam0"]
     assert cam["state"] == "stopped"
     assert 0 < cam["latency_ms"]["p50"] <= cam["latency_ms"]["p95"] <= cam["latency_ms"]["max"]
-    assert sum(run["gpu"]["gpu"]["series"]["rows"][i][0] for i in range(run["gpu"]["gpu"]["batches"])) == run["frames_out"]
+    gpu = run["gpu"]["gpu"]
+    assert sum(row[0] for row in gpu["series"]["rows"]) == run["frames_out"] and len(gpu["series"]["rows"]) == gpu["batches"]
+    # --set reached the service: every batch after the first rebuilds the conditioning
+    assert record["config"]["overrides"] == {"engine.cond_refresh": 1}
+    assert gpu["refreshes"] + gpu["refresh_failures"] == gpu["batches"] - 1
