@@ -121,8 +121,9 @@ def test_flows_trace_as_one_graph_equal_to_eager(bikes_path):
     torch.testing.assert_close(got, backward_flows(frames[1:], frames[0]), rtol=1e-5, atol=1e-4)
 
 
-def test_engine_pads_a_streams_rows_to_one_flow_shape(tiny_bundle, bikes_path):
-    frames = real_frames(bikes_path, size=64, count=6)
+def test_engine_pads_a_streams_rows_to_its_refresh_size(tiny_bundle, bikes_path):
+    """Each stream's refresh runs at refresh_size of its own rows (3 → 4, 1 → 1), not at the whole batch."""
+    frames = real_frames(bikes_path, size=64, count=8)
     config = EngineConfig(size=64, batch=4, cond_refresh=1, hooks="down_blocks", compile="none", flow_backend="torch")
     with StreamEngine(config, tiny_bundle) as engine:
         shapes, cond_shapes = [], []
@@ -131,13 +132,13 @@ def test_engine_pads_a_streams_rows_to_one_flow_shape(tiny_bundle, bikes_path):
         engine._cond_fn = lambda out, flows: cond_shapes.append(tuple(flows.shape)) or cond_fn(out, flows)
         a = engine.open_stream("a", "make it an oil painting")
         b = engine.open_stream("b", "make it a watercolour")
-        engine.submit_mixed([("a", frames[:2]), ("b", frames[2:3])]).result()
-        out = engine.submit_mixed([("a", frames[3:5]), ("b", frames[5:6])]).result()
-    assert shapes == [(4, 64, 64, 3), (4, 64, 64, 3)]  # two streams' refreshes (2 rows, 1 row), one shape
-    assert cond_shapes == [(4, 64, 64, 2), (4, 64, 64, 2)]  # the conditioning networks too
-    assert out.frames.shape == (3, 64, 64, 3) and engine.counters["refreshes"] == 2
+        engine.submit_mixed([("a", frames[:3]), ("b", frames[3:4])]).result()
+        out = engine.submit_mixed([("a", frames[4:7]), ("b", frames[7:8])]).result()
+    assert shapes == [(4, 64, 64, 3), (1, 64, 64, 3)]  # stream a's 3 rows padded to 4, b's 1 row alone
+    assert cond_shapes == [(4, 64, 64, 2), (1, 64, 64, 2)]  # the conditioning networks too
+    assert out.frames.shape == (4, 64, 64, 3) and engine.counters["refreshes"] == 2
     # Each stream keeps only its own rows of the padded result.
-    assert {v.shape[0] for v in a.cond.values()} == {2} and {v.shape[0] for v in b.cond.values()} == {1}
+    assert {v.shape[0] for v in a.cond.values()} == {3} and {v.shape[0] for v in b.cond.values()} == {1}
 
 
 @pytest.mark.gpu
