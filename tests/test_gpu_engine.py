@@ -146,3 +146,36 @@ def test_sdpa_has_a_fused_kernel_for_the_key_channel_shapes():
     v = torch.randn(8, 4, 128, 64, device="cuda", dtype=torch.bfloat16)
     params = SDPAParams(q, k, v, None, 0.0, False, False)
     assert can_use_cudnn_attention(params, True) or can_use_efficient_attention(params, True)
+
+
+def test_a_small_refresh_share_runs_in_its_own_graph_and_matches_the_compiled_whole_batch(cuda_fp32_bundle, bikes_path,
+                                                                                          monkeypatch):
+    """Streams sharing 3 + 1 rows of a compiled B=4 engine: the 3-row refresh runs compiled at 4, the 1-row one
+    eagerly in a graph of its own (refresh_size), and both give what whole-batch padding gave."""
+    import services.gpu.engine as engine_module
+
+    frames = real_frames(bikes_path, 128, 8)
+    runs = {}
+    for padding in ("own_rows", "whole_batch"):
+        with monkeypatch.context() as patch:
+            if padding == "whole_batch":  # the behaviour before refresh_size
+                patch.setattr(engine_module, "refresh_size", lambda rows, batch: batch)
+            torch.manual_seed(0)
+            config = EngineConfig(size=128, batch=4, hooks="down_blocks", cond_refresh=1, compile="default",
+                                  cuda_graphs=True, flow_backend="torch")
+            with StreamEngine(config, cuda_fp32_bundle) as engine:
+                for name in ("a", "b"):
+                    engine.open_stream(name, "make it an oil painting")
+                engine.submit_mixed([("a", frames[:3]), ("b", frames[3:4])]).result()
+                engine.submit_mixed([("a", frames[4:7]), ("b", frames[7:8])]).result()  # both refresh
+                keys = {key for key in engine.captured() if key[0] in ("flow", "refresh_cond")}
+                conds = {n: {k: v.float().cpu() for k, v in engine.streams[n].cond.items()} for n in ("a", "b")}
+                runs[padding] = (keys, conds)
+    assert runs["own_rows"][0] == {("flow", 4), ("flow", 1), ("refresh_cond", 4), ("refresh_cond", 1)}
+    assert runs["whole_batch"][0] == {("flow", 4), ("refresh_cond", 4)}
+    for name, rows in (("a", 3), ("b", 1)):
+        for key, whole in runs["whole_batch"][1][name].items():
+            own = runs["own_rows"][1][name][key]
+            assert own.shape[0] == rows == whole.shape[0]
+            # compiled (whole batch) against eager (one row) kernels in float32: close, not bitwise
+            assert (own - whole).abs().mean() <= 0.01 * whole.abs().mean() + 1e-6, (name, key)
