@@ -252,6 +252,13 @@ class ModelSettings(_Section):
         "so start-up pays one compile however many buckets there are and smaller batches run uncompiled, still as CUDA "
         "graphs (slower per frame, but they run when few frames wait).",
     )
+    compile_refresh: Literal["batch", "every_size"] = Field(
+        "batch",
+        description="A conditioning refresh computes a stream's own rows, padded to a power of two. 'batch' compiles "
+        "only the full batch (smaller shares, as several live streams have, run uncompiled in CUDA graphs); "
+        "'every_size' compiles the smaller sizes too, with one more compile at start-up (about 80 s on an H100), "
+        "for about 35% less time per small refresh.",
+    )
     fp8: list[Literal["text_encoder", "unet"]] = Field(
         [],
         description="Parts whose large linear layers (both sizes multiples of 16, at least 512) multiply in FP8 e4m3 "

@@ -148,10 +148,11 @@ def test_sdpa_has_a_fused_kernel_for_the_key_channel_shapes():
     assert can_use_cudnn_attention(params, True) or can_use_efficient_attention(params, True)
 
 
+@pytest.mark.parametrize("compile_refresh", ["batch", "every_size"])
 def test_a_small_refresh_share_runs_in_its_own_graph_and_matches_the_compiled_whole_batch(cuda_fp32_bundle, bikes_path,
-                                                                                          monkeypatch):
-    """Streams sharing 3 + 1 rows of a compiled B=4 engine: the 3-row refresh runs compiled at 4, the 1-row one
-    eagerly in a graph of its own (refresh_size), and both give what whole-batch padding gave."""
+                                                                                          monkeypatch, compile_refresh):
+    """Streams sharing 3 + 1 rows of a compiled B=4 engine: the 3-row refresh runs compiled at 4, the 1-row one in a
+    graph of its own (refresh_size; eager, or compiled with every_size), and both give what whole-batch padding gave."""
     import services.gpu.engine as engine_module
 
     frames = real_frames(bikes_path, 128, 8)
@@ -162,7 +163,7 @@ def test_a_small_refresh_share_runs_in_its_own_graph_and_matches_the_compiled_wh
                 patch.setattr(engine_module, "refresh_size", lambda rows, batch: batch)
             torch.manual_seed(0)
             config = EngineConfig(size=128, batch=4, hooks="down_blocks", cond_refresh=1, compile="default",
-                                  cuda_graphs=True, flow_backend="torch")
+                                  cuda_graphs=True, flow_backend="torch", compile_refresh=compile_refresh)
             with StreamEngine(config, cuda_fp32_bundle) as engine:
                 for name in ("a", "b"):
                     engine.open_stream(name, "make it an oil painting")
@@ -177,5 +178,5 @@ def test_a_small_refresh_share_runs_in_its_own_graph_and_matches_the_compiled_wh
         for key, whole in runs["whole_batch"][1][name].items():
             own = runs["own_rows"][1][name][key]
             assert own.shape[0] == rows == whole.shape[0]
-            # compiled (whole batch) against eager (one row) kernels in float32: close, not bitwise
+            # the compiled whole batch against the one-row graph (other kernels) in float32: close, not bitwise
             assert (own - whole).abs().mean() <= 0.01 * whole.abs().mean() + 1e-6, (name, key)

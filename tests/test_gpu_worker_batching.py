@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.gpu.engine import ByBatchSize, EngineConfig, EngineError, StreamEngine
+from services.gpu.engine import ByBatchSize, EngineConfig, EngineError, StreamEngine, refresh_compiled
 from services.gpu.worker import GpuWorker, dispatch_due, engine_config, refresh_flags, warm_up_sizes
 from shared.protocol import FrameFlags, now
 from shared.settings import ConfigError, load_settings
@@ -111,6 +111,48 @@ def test_only_the_chosen_batch_sizes_take_the_compiled_function():
     for rows in (8, 1, 4, 8):
         fn(torch.zeros(rows, 3), scale=rows)
     assert calls == [("compiled", 8, 8), ("eager", 1, 1), ("eager", 4, 4), ("compiled", 8, 8)]
+
+
+@pytest.mark.parametrize("every_size", [False, True])
+def test_refresh_compiled_keeps_the_full_batch_static_and_compiles_smaller_shares_only_when_asked(every_size):
+    """every_size: the smaller shares take one static compile (1 row) and one dynamic one (every other size); the
+    full batch keeps its static graph. batch: smaller shares run the plain function."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    graphs, ran = [], []
+
+    def recording(gm, example_inputs):
+        tag = len(graphs)
+        graphs.append(any(isinstance(x, torch.SymInt) for x in example_inputs))  # a symbolic size: dynamic
+
+        def run(*args):
+            ran.append(tag)
+            return gm.forward(*args)
+        return run
+
+    def rows_plus(x, y):
+        return x * 2 + y
+
+    fn = refresh_compiled(rows_plus, batch=8, every_size=every_size, size_arg=0, backend=recording)
+    for rows in (8, 1, 2, 4, 8, 3):
+        out = fn(torch.ones(rows, 3), torch.ones(1))
+        assert out.shape == (rows, 3) and bool((out == 3).all())
+    if every_size:
+        assert graphs == [False, False, True] and ran == [0, 1, 2, 2, 0, 2]
+    else:
+        assert graphs == [False] and ran == [0, 0]  # the full batch compiled; the rest ran eagerly
+    torch._dynamo.reset()
+
+
+def test_settings_compile_refresh_reaches_the_engine():
+    assert engine_config(load_settings(None, env={}), cuda=True).compile_refresh == "batch"
+    settings = load_settings(None, env={}, overrides={"model.compile_refresh": "every_size"})
+    assert engine_config(settings, cuda=True).compile_refresh == "every_size"
+    with pytest.raises(ConfigError, match="compile_refresh"):
+        load_settings(None, env={}, overrides={"model.compile_refresh": "some"})
+    with pytest.raises(EngineError, match="compile_refresh 'some'"):
+        EngineConfig(compile_refresh="some").validate()
 
 
 def test_settings_buckets_reach_the_engine():

@@ -51,6 +51,7 @@ FLOW_BACKENDS = ("auto", "opencv", "torch")
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 COMPILE_PARTS = ("unet", "text_encoder", "vae")
 COMPILE_BUCKETS = ("all", "largest")
+COMPILE_REFRESH = ("batch", "every_size")
 CHANNELS_LAST_PARTS = ("unet", "vae")
 UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)
 
@@ -91,6 +92,22 @@ class ByBatchSize(torch.nn.Module):
         return (self.compiled if args[self.size_arg].shape[0] in self.sizes else self.eager)(*args, **kwargs)
 
 
+def refresh_compiled(fn, batch: int, every_size: bool, size_arg: int = 0, **compile_options) -> ByBatchSize:
+    """A refresh function (flows or conditioning) for every refresh size: compiled for the full batch, and for a
+    stream's smaller share either eager inside its CUDA graph (one compile at start-up) or, with `every_size`,
+    compiled once more with automatic dynamic shapes: the first smaller size compiles for itself, the next
+    recompiles with a symbolic batch dimension that every later size reuses. On an H100 at 512² that took 56 + 77 s
+    and brings 8 rows from 18.4 to 11.9 ms (benchmarks/NOTES.md 51). `compile_options` go to torch.compile."""
+    full = torch.compile(fn, dynamic=False, fullgraph=True, **compile_options)
+    if not every_size:
+        return ByBatchSize(full, fn, {batch}, size_arg)
+
+    def smaller_share(*args):  # a code object of its own, so the dynamic graph never serves the full batch
+        return fn(*args)
+
+    return ByBatchSize(full, torch.compile(smaller_share, dynamic=None, fullgraph=True, **compile_options), {batch}, size_arg)
+
+
 class EngineError(ValueError):
     """A request the engine cannot serve (bad frames, unknown stream, bad setting); says which."""
 
@@ -113,6 +130,7 @@ class EngineConfig:
     compile: str = "default"  # torch.compile mode on CUDA; "none" for eager
     compile_parts: tuple[str, ...] = COMPILE_PARTS  # what `compile` covers: fewer parts start faster, run slower
     compile_buckets: str = "all"  # all: every batch bucket compiled; largest: only `batch` (smaller ones run uncompiled)
+    compile_refresh: str = "batch"  # refresh shares below `batch`: eager in their graphs, or every_size (one more compile)
     channels_last: tuple[str, ...] = ("vae",)  # whose convolutions run NHWC on CUDA (a layout change: same arithmetic)
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
@@ -158,6 +176,8 @@ class EngineConfig:
             raise EngineError(f"cross_attention {self.cross_attention!r}; use one of {CROSS_ATTENTIONS}")
         if self.compile_buckets not in COMPILE_BUCKETS:
             raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
+        if self.compile_refresh not in COMPILE_REFRESH:
+            raise EngineError(f"compile_refresh {self.compile_refresh!r}; use one of {COMPILE_REFRESH}")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
             raise EngineError(f"compile_parts {sorted(unknown)} unknown; use some of {COMPILE_PARTS}")
         if unknown := set(self.channels_last) - set(CHANNELS_LAST_PARTS):
@@ -269,18 +289,15 @@ class StreamEngine:
                 # With the scaling, clamping and uint8 packing around it fused into the convolutions' epilogues.
                 self._vae_encode = compiled(self._vae_encode_fn, fullgraph=True)
                 self._decode = compiled(self.denoiser.decode, fullgraph=True)
-            # Refreshes run at the sizes of refresh_sizes(batch); only the full batch is compiled (one compile each
-            # at start-up), a stream's smaller share runs eagerly, still inside its CUDA graph.
-            full = {config.batch}
+            # Refreshes run at the sizes of refresh_sizes(batch) (see refresh_compiled).
+            every_size = config.compile_refresh == "every_size"
             if self.flow_backend == "torch":
                 warm_constants(self.device)
                 # ≈ 600 small kernels eager (48 ms for 16 frames at 512² on an H100, more beside the side stage).
-                self._flow_fn = ByBatchSize(torch.compile(backward_flows, mode=config.compile, dynamic=False, fullgraph=True),
-                                            backward_flows, full)
+                self._flow_fn = refresh_compiled(backward_flows, config.batch, every_size, mode=config.compile)
             if self.adapter is not None:
                 # Warp and the hooks' small conditioning networks: ≈ 100 kernels eager per refresh, a handful fused.
-                self._cond_fn = ByBatchSize(torch.compile(self._conditioning, mode=config.compile, dynamic=False, fullgraph=True),
-                                            self._conditioning, full, size_arg=1)
+                self._cond_fn = refresh_compiled(self._conditioning, config.batch, every_size, size_arg=1, mode=config.compile)
         self.streams: dict[str, StreamState] = {}
         self.refresh_policy = RefreshPolicy.from_config(config)
         # Host flows come from the caller's provider (the service's flow process) or a thread pool of our own.
