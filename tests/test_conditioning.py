@@ -10,6 +10,7 @@ from services.gpu.conditioning import FlowPool, warp_on_device
 from services.gpu.engine import EngineConfig, StreamEngine
 from shared.flow import backward_flow, backward_warp
 from tests.conftest import real_frames
+from tests.support.refresh_padding import own_rows_and_whole_batch
 
 
 def test_device_warp_equals_cv2_remap(bikes_path):
@@ -71,26 +72,21 @@ def test_a_streams_refresh_computes_its_own_rows_with_the_same_result_as_the_who
                                                                                     flow_backend):
     """Two streams share B=8 rows 3 + 5: their refreshes run at 4 and 8 rows (refresh_size), not 8 and 8, and
     give what refreshes padded to the whole batch gave."""
-    import services.gpu.engine as engine_module
-
     frames = real_frames(bikes_path, 64, 16)
-    results = {}
-    for padding in ("own_rows", "whole_batch"):
-        with monkeypatch.context() as patch:
-            if padding == "whole_batch":  # the behaviour before refresh_size
-                patch.setattr(engine_module, "refresh_size", lambda rows, batch: batch)
-            config = EngineConfig(size=64, batch=8, hooks="down_blocks", cond_refresh=8, flow_backend=flow_backend)
-            torch.manual_seed(0)  # the same adapter initialisation for both engines
-            with StreamEngine(config, tiny_bundle) as engine:
-                sizes = []
-                cond_fn = engine._cond_fn
-                engine._cond_fn = lambda previous, flows: sizes.append(len(flows)) or cond_fn(previous, flows)
-                for name in ("a", "b"):
-                    engine.open_stream(name, "make it an oil painting")
-                outputs = [engine.submit_mixed([("a", frames[i:i + 3]), ("b", frames[8 + i:13 + i])]).result().frames
-                           for i in (0, 3)]  # the second batch refreshes both streams
-                results[padding] = (sizes, np.concatenate(outputs), {n: engine.streams[n].cond for n in ("a", "b")})
-                assert engine.counters["refreshes"] == 2
+    config = EngineConfig(size=64, batch=8, hooks="down_blocks", cond_refresh=8, flow_backend=flow_backend)
+
+    def run(engine):
+        sizes = []
+        cond_fn = engine._cond_fn
+        engine._cond_fn = lambda previous, flows: sizes.append(len(flows)) or cond_fn(previous, flows)
+        for name in ("a", "b"):
+            engine.open_stream(name, "make it an oil painting")
+        outputs = [engine.submit_mixed([("a", frames[i:i + 3]), ("b", frames[8 + i:13 + i])]).result().frames
+                   for i in (0, 3)]  # the second batch refreshes both streams
+        assert engine.counters["refreshes"] == 2
+        return sizes, np.concatenate(outputs), {n: engine.streams[n].cond for n in ("a", "b")}
+
+    results = own_rows_and_whole_batch(monkeypatch, lambda: StreamEngine(config, tiny_bundle), run)
     assert results["own_rows"][0] == [4, 8] and results["whole_batch"][0] == [8, 8]
     assert np.abs(results["own_rows"][1].astype(int) - results["whole_batch"][1]).max() <= 1
     for name in ("a", "b"):

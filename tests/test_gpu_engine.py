@@ -9,6 +9,7 @@ import torch
 from services.gpu.engine import EngineConfig, StreamEngine
 from tests.conftest import real_frames
 from tests.support.fp8_runs import fp8_against_reference
+from tests.support.refresh_padding import own_rows_and_whole_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -153,25 +154,19 @@ def test_a_small_refresh_share_runs_in_its_own_graph_and_matches_the_compiled_wh
                                                                                           monkeypatch, compile_refresh):
     """Streams sharing 3 + 1 rows of a compiled B=4 engine: the 3-row refresh runs compiled at 4, the 1-row one in a
     graph of its own (refresh_size; eager, or compiled with every_size), and both give what whole-batch padding gave."""
-    import services.gpu.engine as engine_module
-
     frames = real_frames(bikes_path, 128, 8)
-    runs = {}
-    for padding in ("own_rows", "whole_batch"):
-        with monkeypatch.context() as patch:
-            if padding == "whole_batch":  # the behaviour before refresh_size
-                patch.setattr(engine_module, "refresh_size", lambda rows, batch: batch)
-            torch.manual_seed(0)
-            config = EngineConfig(size=128, batch=4, hooks="down_blocks", cond_refresh=1, compile="default",
-                                  cuda_graphs=True, flow_backend="torch", compile_refresh=compile_refresh)
-            with StreamEngine(config, cuda_fp32_bundle) as engine:
-                for name in ("a", "b"):
-                    engine.open_stream(name, "make it an oil painting")
-                engine.submit_mixed([("a", frames[:3]), ("b", frames[3:4])]).result()
-                engine.submit_mixed([("a", frames[4:7]), ("b", frames[7:8])]).result()  # both refresh
-                keys = {key for key in engine.captured() if key[0] in ("flow", "refresh_cond")}
-                conds = {n: {k: v.float().cpu() for k, v in engine.streams[n].cond.items()} for n in ("a", "b")}
-                runs[padding] = (keys, conds)
+    config = EngineConfig(size=128, batch=4, hooks="down_blocks", cond_refresh=1, compile="default", cuda_graphs=True,
+                          flow_backend="torch", compile_refresh=compile_refresh)
+
+    def run(engine):
+        for name in ("a", "b"):
+            engine.open_stream(name, "make it an oil painting")
+        engine.submit_mixed([("a", frames[:3]), ("b", frames[3:4])]).result()
+        engine.submit_mixed([("a", frames[4:7]), ("b", frames[7:8])]).result()  # both refresh
+        keys = {key for key in engine.captured() if key[0] in ("flow", "refresh_cond")}
+        return keys, {n: {k: v.float().cpu() for k, v in engine.streams[n].cond.items()} for n in ("a", "b")}
+
+    runs = own_rows_and_whole_batch(monkeypatch, lambda: StreamEngine(config, cuda_fp32_bundle), run)
     assert runs["own_rows"][0] == {("flow", 4), ("flow", 1), ("refresh_cond", 4), ("refresh_cond", 1)}
     assert runs["whole_batch"][0] == {("flow", 4), ("refresh_cond", 4)}
     for name, rows in (("a", 3), ("b", 1)):
