@@ -49,9 +49,9 @@ def refresh_size(rows: int, batch: int) -> int:
     """How many rows a refresh computes for a stream's `rows` frames: the next power of two, at most `batch`.
 
     Flows and conditioning are per row, so a stream's share of a mixed batch pays for its own rows, padded
-    to one of a few captured shapes, not for the whole batch: with 7 live cameras at B=32 each held about
-    4.6 rows, yet every refresh computed 32, and about one stream refreshed per batch (H100, 2026-11-27:
-    62 ms of the main stream's 165 ms per batch).
+    to one of a few captured shapes, not for the whole batch. Before, every refresh computed all B rows: with
+    7 live cameras at B=32 about one stream refreshed per batch, ≈ 60 ms of a 165 ms main stage on an H100
+    (benchmarks/NOTES.md 49–51; the shares there were large, so this alone did not change that run).
     """
     if not 1 <= rows <= batch:
         raise ValueError(f"a refresh covers 1..{batch} rows, got {rows}")
