@@ -280,8 +280,8 @@ class ModelSettings(_Section):
         description="How the U-Net's cross-attention masks its padded text tokens: 'bias' (diffusers' additive bias, "
         "which SDPA expands per query) or 'key_channel' (the same logits, with the bias carried in one extra "
         "query/key channel so no bias tensor is expanded); 'key_channel_fused_kv' also computes every "
-        "cross-attention's keys and values in one matrix product. Same function up to float rounding; not yet timed "
-        "on a GPU.",
+        "cross-attention's keys and values in one matrix product. Same function up to float rounding; on an H100 "
+        "key_channel_fused_kv moved the engine +0.4% at B=8 (noise).",
     )
     cuda_graphs: bool = Field(True, description="Capture each engine stage as a CUDA graph per batch bucket (CUDA only).")
     gpus: int = Field(
