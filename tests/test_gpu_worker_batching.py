@@ -93,14 +93,18 @@ def test_settings_cuda_streams_reach_the_engine():
         load_settings(None, env={}, overrides={"engine.cuda_streams": 4})
 
 
-def test_settings_compile_buckets_reach_the_engine():
-    assert engine_config(load_settings(None, env={}), cuda=True).compile_buckets == "all"
-    settings = load_settings(None, env={}, overrides={"model.compile_buckets": "largest"})
-    assert engine_config(settings, cuda=True).compile_buckets == "largest"
-    with pytest.raises(ConfigError, match="compile_buckets"):
-        load_settings(None, env={}, overrides={"model.compile_buckets": "smallest"})
-    with pytest.raises(EngineError, match="compile_buckets 'some'"):
-        EngineConfig(compile_buckets="some").validate()
+@pytest.mark.parametrize(("field", "default", "value", "bad"), [
+    ("compile_buckets", "all", "largest", "smallest"),
+    ("compile_refresh", "batch", "every_size", "some"),
+])
+def test_settings_compile_choices_reach_the_engine(field, default, value, bad):
+    assert getattr(engine_config(load_settings(None, env={}), cuda=True), field) == default
+    settings = load_settings(None, env={}, overrides={f"model.{field}": value})
+    assert getattr(engine_config(settings, cuda=True), field) == value
+    with pytest.raises(ConfigError, match=field):
+        load_settings(None, env={}, overrides={f"model.{field}": bad})
+    with pytest.raises(EngineError, match=f"{field} 'some'"):
+        EngineConfig(**{field: "some"}).validate()
 
 
 def test_only_the_chosen_batch_sizes_take_the_compiled_function():
@@ -143,16 +147,6 @@ def test_refresh_compiled_keeps_the_full_batch_static_and_compiles_smaller_share
     else:
         assert graphs == [False] and ran == [0, 0]  # the full batch compiled; the rest ran eagerly
     torch._dynamo.reset()
-
-
-def test_settings_compile_refresh_reaches_the_engine():
-    assert engine_config(load_settings(None, env={}), cuda=True).compile_refresh == "batch"
-    settings = load_settings(None, env={}, overrides={"model.compile_refresh": "every_size"})
-    assert engine_config(settings, cuda=True).compile_refresh == "every_size"
-    with pytest.raises(ConfigError, match="compile_refresh"):
-        load_settings(None, env={}, overrides={"model.compile_refresh": "some"})
-    with pytest.raises(EngineError, match="compile_refresh 'some'"):
-        EngineConfig(compile_refresh="some").validate()
 
 
 def test_settings_buckets_reach_the_engine():
