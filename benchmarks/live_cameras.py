@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.isolation import in_child  # noqa: E402
 from benchmarks.service_vs_engine import parse_variant  # noqa: E402
 from services.runner import run_pipeline  # noqa: E402
-from shared.records import card_slug, write_result  # noqa: E402
+from shared.records import GrowingRecord, card_slug  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 
 
@@ -132,16 +132,14 @@ def main() -> int:
             record.update(in_child(device_info))
         cams = "-".join(str(c) for c in args.cameras)
         stem = f"live_cameras_{args.profile}_{card_slug(str(record.get('card', 'unknown')))}_{cams}cams_B{args.batch}"
-        path = None
+        growing = GrowingRecord(record, args.out, stem)  # rewritten after each run: a call cut short keeps the runs it finished
         for cameras in args.cameras:
             run = in_child(run_cameras, args, clip, cameras, tmp)
             record["runs"].append(run)
             print(json.dumps({k: v for k, v in run.items() if k != "streams"}, indent=1), flush=True)
-            if args.out:  # rewritten after each run: a call cut short keeps the runs it finished
-                path = write_result(record, args.out, stem, path)
-    if path:
-        print(f"wrote {path}")
-    return 0
+            growing.save()
+    return growing.done()
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,7 +29,7 @@ from services.gpu.bench import _device_info  # noqa: E402
 from services.gpu.engine import EngineConfig, StreamEngine  # noqa: E402
 from services.gpu.farneback import backward_flows, warm_constants  # noqa: E402
 from services.gpu.profiles import load_profile  # noqa: E402
-from shared.records import card_slug, write_result  # noqa: E402
+from shared.records import GrowingRecord, card_slug  # noqa: E402
 
 MODES = ("eager", "static", "dynamic")
 
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": " ".join(shlex.quote(a) for a in sys.argv), "profile": args.profile, "size": size,
               "batch": args.batch, **_device_info(bundle.device), "modes": {}}
     config = EngineConfig(size=size, batch=args.batch, hooks="down_blocks", compile="none", flow_backend="torch")
-    path = None
-    stem = f"refresh_cost_{args.profile}_{card_slug(record['card'])}_B{args.batch}_S{size}"
+    growing = GrowingRecord(record, args.out, f"refresh_cost_{args.profile}_{card_slug(record['card'])}_B{args.batch}_S{size}")
     with StreamEngine(config, bundle) as engine:
         warm_constants(bundle.device)
         gen = torch.Generator("cpu").manual_seed(0)
@@ -113,11 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "ms_per_row": (flow_ms + cond_ms) / n, "ready_s": flow_ready + cond_ready}
                 print(json.dumps({"mode": mode, "rows": n, **rows[str(n)]}), flush=True)
             record["modes"][mode] = rows
-            if args.out:
-                path = write_result(record, args.out, stem, path)
-    if path:
-        print(f"wrote {path}")
-    return 0
+            growing.save()
+    return growing.done()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.encoder_profile import time_ms  # noqa: E402
 from benchmarks.isolation import in_child  # noqa: E402
-from shared.records import card_slug, write_result  # noqa: E402
+from shared.records import GrowingRecord, card_slug  # noqa: E402
 
 # Settings by name: torch._inductor.config keys and EngineConfig fields. Each is exact: layouts, kernel
 # choices, tile sizes and the order of float sums change, the function computed does not.
@@ -180,14 +180,12 @@ def main(argv=None) -> int:
         "note": "random weights: speed only" if args.profile.startswith("synthetic") else "",
         "batch": args.batch, "size": args.size, "compile_parts": args.compile_parts, "variants": [],
     }
-    stem = f"stage_kernels_{args.profile}_{card_slug(record['card'])}_B{args.batch}_S{args.size}"
-    path = None
+    growing = GrowingRecord(record, args.out, f"stage_kernels_{args.profile}_{card_slug(record['card'])}_B{args.batch}_S{args.size}")
     for variant in args.variant:
         record["variants"].append(in_child(measure_variant, variant, args))
-        path = write_result(record, args.out, stem, path)  # after each variant: a cut-off run keeps what it measured
+        growing.save()
         print(summary({"variants": record["variants"][-1:]}), flush=True)
-    print(f"wrote {path}")
-    return 0
+    return growing.done()
 
 
 if __name__ == "__main__":

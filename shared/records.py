@@ -42,3 +42,23 @@ def write_result(record: dict, out_dir: str | Path, stem: str, path: Path | None
         path = out / f"{stem}_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(record, indent=2, default=float))
     return path
+
+
+class GrowingRecord:
+    """A benchmark record written again after each step, so a run cut short keeps what it measured.
+    `out_dir` None or '': nothing is written."""
+
+    def __init__(self, record: dict, out_dir: str | Path | None, stem: str):
+        self.record, self.out_dir, self.stem = record, out_dir, stem
+        self.path: Path | None = None
+
+    def save(self) -> Path | None:
+        if self.out_dir:
+            self.path = write_result(self.record, self.out_dir, self.stem, self.path)
+        return self.path
+
+    def done(self) -> int:
+        """Say where the record is; the script's exit status."""
+        if self.path:
+            print(f"wrote {self.path}")
+        return 0
