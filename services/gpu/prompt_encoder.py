@@ -9,7 +9,8 @@ streaming server needs it:
 - the system-prompt prefix is identical for every frame, so its key/value cache is computed once and
   every frame runs only its own suffix (exact: causal attention makes the prefix independent of
   what follows);
-- suffixes are padded on the right to a bucket of 16 tokens, so prompts of several streams share a
+- suffixes are padded on the right to a bucket of tokens (16, or 8 where the token axis is compiled
+  dynamic: token_shapes.py), so prompts of several streams share a
   batch under one static shape, and padded rows come out zero with mask 0, as the pipeline pads.
 Everything between host-prepared buffers and the output is static-shaped, so it can be captured in
 a CUDA graph.
@@ -136,10 +137,12 @@ class EditPromptEncoder(torch.nn.Module):
         self._layouts[prompt] = layout
         return layout
 
-    def pack(self, layouts: list[PromptLayout], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-pad suffixes to a shared length: ids (B, L), positions (3, B, L), lengths (B,)."""
+    def pack(self, layouts: list[PromptLayout], length: int | None = None,
+             bucket: int = TOKEN_BUCKET) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-pad suffixes to a shared length (by default the next multiple of `bucket`): ids (B, L), positions
+        (3, B, L), lengths (B,)."""
         longest = max(l.length for l in layouts)
-        length = length or bucket_length(longest)
+        length = length or bucket_length(longest, bucket)
         if length < longest:
             raise PromptError(f"token bucket {length} is shorter than the longest prompt ({longest})")
         ids = torch.full((len(layouts), length), self.tokenizer.pad_token_id or 0, dtype=torch.long)
@@ -292,10 +295,10 @@ class EditPromptEncoder(torch.nn.Module):
         return self._rope(positions, dtype)
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, frames: torch.Tensor, prompts: list[str], bucket: int = TOKEN_BUCKET) -> tuple[torch.Tensor, torch.Tensor]:
         """Convenience: frames (B, 3, S, S) in [0, 1] with one prompt per frame → (embeds, mask)."""
         device = frames.device
         dtype = self.lm.embed_tokens.weight.dtype
-        ids, pos, lengths = self.pack([self.layout(p) for p in prompts])
+        ids, pos, lengths = self.pack([self.layout(p) for p in prompts], bucket=bucket)
         cos, sin = self.rope_tables(pos.to(device), dtype)
         return self.forward(frames, ids.to(device), cos, sin, lengths.to(device))

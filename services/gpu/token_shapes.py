@@ -1,0 +1,47 @@
+"""How the prompt's token count shapes the compiled text encoder and U-Net.
+
+A live prompt change can change the token count. With static shapes every token bucket is a compile of its
+own, paid on first use inside the GPU worker's loop: each stream waits for the compile (a minute or more for
+the text encoder or the U-Net on an H100). With the token axis dynamic, one compile serves every length; a new
+length costs only a CUDA-graph capture. Padding stays (8 tokens: tensor-core friendly), so prompts of several
+streams still share a graph, and the padded rows are masked as before, so the output is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .prompt_encoder import TOKEN_BUCKET, bucket_length
+
+TOKEN_SHAPES = ("dynamic", "static")
+DYNAMIC_TOKEN_ALIGN = 8
+UNET_TOKEN_BUCKETS = (128, 256, 512, 1024)  # static shapes: the U-Net's text length, so prompt edits rarely recompile
+
+
+@dataclass(frozen=True)
+class TokenShapes:
+    mode: str = "dynamic"
+
+    @property
+    def dynamic(self) -> bool:
+        return self.mode == "dynamic"
+
+    @property
+    def encoder_bucket(self) -> int:
+        """The text encoder's suffix pads to a multiple of this."""
+        return DYNAMIC_TOKEN_ALIGN if self.dynamic else TOKEN_BUCKET
+
+    def unet_length(self, length: int) -> int:
+        """The U-Net's text length for `length` encoder tokens."""
+        if self.dynamic:
+            return bucket_length(length, DYNAMIC_TOKEN_ALIGN)
+        return next((t for t in UNET_TOKEN_BUCKETS if t >= length), length)
+
+    def mark(self, *tensors: torch.Tensor) -> None:
+        """Declare dim 1 (tokens) of tensors about to enter a compiled function symbolic. torch.compile then fails
+        loudly, rather than recompiling, if the traced code fixes that size."""
+        if self.dynamic:
+            for tensor in tensors:
+                torch._dynamo.mark_dynamic(tensor, 1)

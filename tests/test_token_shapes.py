@@ -1,0 +1,105 @@
+"""The token axis of the compiled text encoder and U-Net: a live prompt change must not compile again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.gpu.engine import EngineConfig, EngineError, StreamEngine
+from services.gpu.token_shapes import TokenShapes
+from services.gpu.worker import engine_config
+from shared.settings import load_settings
+from tests.conftest import real_frames
+
+SHORT = "make it an oil painting"
+LONG = ("make it look like a Van Gogh painting of a starry night, with swirling brush strokes, thick paint, deep blues "
+        "and bright yellow stars over the whole scene")  # crosses the text encoder's and the U-Net's static buckets
+
+
+@pytest.mark.parametrize(("mode", "encoder_tokens", "unet_tokens"), [
+    ("dynamic", {104: 104, 105: 112, 112: 112}, {104: 104, 112: 112, 136: 136}),
+    ("static", {104: 112, 105: 112, 112: 112}, {104: 128, 112: 128, 136: 256}),
+])
+def test_the_padding_of_each_mode(mode, encoder_tokens, unet_tokens):
+    from services.gpu.prompt_encoder import bucket_length
+
+    shapes = TokenShapes(mode)
+    assert {n: bucket_length(n, shapes.encoder_bucket) for n in encoder_tokens} == encoder_tokens
+    assert {n: shapes.unet_length(n) for n in unet_tokens} == unet_tokens
+
+
+def test_an_unknown_mode_is_refused_by_name():
+    with pytest.raises(EngineError, match="token_shapes 'ragged'"):
+        EngineConfig(token_shapes="ragged").validate()
+
+
+def test_the_setting_reaches_the_engine():
+    assert engine_config(load_settings(None, env={}), cuda=True).token_shapes == "dynamic"
+    settings = load_settings(None, env={}, overrides={"model.token_shapes": "static"})
+    assert engine_config(settings, cuda=True).token_shapes == "static"
+
+
+def run_with_prompt_change(tiny_bundle, frames, token_shapes: str, **config) -> tuple[np.ndarray, list[int]]:
+    """Two batches with a short prompt, two with a long one: the output frames and each stage's token length."""
+    cfg = EngineConfig(size=64, batch=2, hooks="down_blocks", cond_refresh=2, token_shapes=token_shapes, **config)
+    lengths = []
+    handle = tiny_bundle.unet.register_forward_pre_hook(
+        lambda _m, _args, kwargs: lengths.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
+    try:
+        with StreamEngine(cfg, tiny_bundle) as engine:
+            engine.open_stream("s", SHORT, seed=3)
+            outs = []
+            for i in range(0, 8, 2):
+                if i == 4:
+                    engine.set_prompt("s", LONG)
+                outs.append(engine.submit(frames[i : i + 2], "s").result().frames)
+    finally:
+        handle.remove()
+    return np.concatenate(outs), lengths
+
+
+def test_dynamic_and_static_token_shapes_give_the_same_frames(tiny_bundle, bikes_path):
+    """Less padding (8-token multiples) changes no output: padded tokens are masked in both models."""
+    frames = real_frames(bikes_path, 64, 8)
+    dynamic, dynamic_lengths = run_with_prompt_change(tiny_bundle, frames, "dynamic")
+    static, static_lengths = run_with_prompt_change(tiny_bundle, frames, "static")
+    assert dynamic_lengths == [104, 104, 136, 136] and static_lengths == [128, 128, 256, 256]
+    diff = np.abs(dynamic.astype(int) - static.astype(int))
+    assert diff.max() <= 1, f"frames differ by up to {diff.max()} grey levels"
+
+
+@pytest.mark.parametrize(("mode", "new_graphs"), [("dynamic", False), ("static", True)])
+def test_a_prompt_change_compiles_again_only_with_static_token_shapes(tiny_bundle, bikes_path, monkeypatch, mode, new_graphs):
+    """The engine's compile branch (CUDA only) walked on the CPU with torch.compile tracing through a recording
+    backend: with the token axis dynamic, the longer prompt runs the text encoder's and the U-Net's graphs traced
+    for the short one; static shapes trace both again."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    graphs: list[bool] = []  # per traced graph: whether a size in it is symbolic
+    real_compile = torch.compile
+
+    def recording(gm, example_inputs):
+        graphs.append(any(isinstance(x, torch.SymInt) for x in example_inputs))
+        return gm.forward
+
+    def compile_recording(fn, mode=None, **kwargs):  # the engine's mode is for inductor; trace only
+        return real_compile(fn, backend=recording, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_recording)
+    monkeypatch.setattr(StreamEngine, "compiled", property(lambda self: True))
+    frames = real_frames(bikes_path, 64, 8)
+    cfg = EngineConfig(size=64, batch=2, hooks="down_blocks", cond_refresh=2, token_shapes=mode, compile="default",
+                       compile_parts=("unet", "text_encoder"))
+    with StreamEngine(cfg, tiny_bundle) as engine:
+        engine.open_stream("s", SHORT, seed=3)
+        engine.submit(frames[:2], "s").result()
+        engine.submit(frames[2:4], "s").result()  # the first refresh: its conditioning traces too
+        before = len(graphs)
+        engine.set_prompt("s", LONG)
+        out = engine.submit(frames[4:6], "s").result()
+    torch._dynamo.reset()
+    assert before > 0 and out.frames.shape == (2, 64, 64, 3)
+    assert (len(graphs) > before) == new_graphs, f"{len(graphs) - before} graphs traced after the prompt change"
+    if mode == "dynamic":
+        assert any(graphs[:before]), "no graph took a symbolic token count"
