@@ -81,6 +81,7 @@ def run_mode(profile: str, device: str, clip: str, size: int, batch: int, frames
     from services.gpu.bench import clip_frames, run_engine
     from services.gpu.engine import EngineConfig, StreamEngine
     from services.gpu.profiles import load_profile
+    from services.gpu.token_shapes import TokenShapes
 
     bundle = load_profile(profile, device)
     config = EngineConfig(size=size, batch=batch, compile=compile_mode, token_shapes=mode)
@@ -102,26 +103,14 @@ def run_mode(profile: str, device: str, clip: str, size: int, batch: int, frames
         engine.set_prompt("bench", SHORT)
         back_s = timed_batch(engine, batch_frames, "bench")
         lengths = {prompt: engine.encoder.layout(prompt).length for prompt in (SHORT, LONG)}
+    tokens = TokenShapes(mode)
+    encoder_tokens = {prompt: tokens.encoder_length(n) for prompt, n in lengths.items()}
     return {
-        "token_shapes": mode, "suffix_tokens": lengths,
-        "text_encoder_tokens": {p: n for p, n in zip(lengths, (_encoder_tokens(mode, n) for n in lengths.values()))},
-        "unet_tokens": {p: n for p, n in zip(lengths, (_unet_tokens(mode, n) for n in lengths.values()))},
+        "token_shapes": mode, "suffix_tokens": lengths, "text_encoder_tokens": encoder_tokens,
+        "unet_tokens": {prompt: tokens.unet_length(n) for prompt, n in encoder_tokens.items()},
         "steady": steady, "idle_batch_s": idle_s, "change_batch_s": change_s, "graphs_traced_on_change": traced_on_change,
         "long_prompt_fps": long_fps, "change_back_batch_s": back_s,
     }
-
-
-def _encoder_tokens(mode: str, n: int) -> int:
-    from services.gpu.prompt_encoder import bucket_length
-    from services.gpu.token_shapes import TokenShapes
-
-    return bucket_length(n, TokenShapes(mode).encoder_bucket)
-
-
-def _unet_tokens(mode: str, n: int) -> int:
-    from services.gpu.token_shapes import TokenShapes
-
-    return TokenShapes(mode).unet_length(_encoder_tokens(mode, n))
 
 
 def main(argv: list[str] | None = None) -> int:

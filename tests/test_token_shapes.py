@@ -21,10 +21,8 @@ LONG = ("make it look like a Van Gogh painting of a starry night, with swirling 
     ("static", {104: 112, 105: 112, 112: 112}, {104: 128, 112: 128, 136: 256}),
 ])
 def test_the_padding_of_each_mode(mode, encoder_tokens, unet_tokens):
-    from services.gpu.prompt_encoder import bucket_length
-
     shapes = TokenShapes(mode)
-    assert {n: bucket_length(n, shapes.encoder_bucket) for n in encoder_tokens} == encoder_tokens
+    assert {n: shapes.encoder_length(n) for n in encoder_tokens} == encoder_tokens
     assert {n: shapes.unet_length(n) for n in unet_tokens} == unet_tokens
 
 

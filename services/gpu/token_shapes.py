@@ -33,6 +33,10 @@ class TokenShapes:
         """The text encoder's suffix pads to a multiple of this."""
         return DYNAMIC_TOKEN_ALIGN if self.dynamic else TOKEN_BUCKET
 
+    def encoder_length(self, suffix_tokens: int) -> int:
+        """The text encoder's suffix length for a prompt of `suffix_tokens`."""
+        return bucket_length(suffix_tokens, self.encoder_bucket)
+
     def unet_length(self, length: int) -> int:
         """The U-Net's text length for `length` encoder tokens."""
         if self.dynamic:
