@@ -377,6 +377,15 @@ class EngineSettings(_Section):
         "and at most one batch is on the GPU (an idle GPU takes what waits at once when a live stream waits; frames "
         "of lossless file streams only get this long to fill the batch).",
     )
+    live_max_queue_ms: float | None = Field(
+        None,
+        gt=0.0,
+        le=60_000.0,
+        allow_inf_nan=False,
+        description="Live streams only: a frame that has waited this long (ms, since ingest) for a batch is dropped, "
+        "counted as 'late', so a GPU worker that cannot keep up trades frames for latency. Off (null) by default: a "
+        "live stream's queue is bounded by two batches of frames, which at B=32 and 30 fps is about 2 s.",
+    )
     buckets: list[int] = Field(
         default_factory=list,
         description="Batch sizes compiled and captured at start-up besides `batch` (each 1..batch); a partial batch "

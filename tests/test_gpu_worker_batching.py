@@ -53,6 +53,7 @@ def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0, live: bool =
     stream = SimpleNamespace(queue=frames, outputs=collections.deque([None] * outputs), ending=False, live=live)
     worker.streams = {"s": stream} if queued or outputs else {}
     worker.batch, worker.max_wait, worker.draining, worker.in_flight = 8, 0.05, False, in_flight
+    worker.live_max_queue = None
     worker.engine = SimpleNamespace(config=SimpleNamespace(pipeline_depth=2))  # at most 3 batches in flight
     return worker
 
@@ -71,6 +72,35 @@ def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0, live: bool =
 )
 def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, live, block):
     assert _stub_worker(queued, outputs, in_flight, live)._dispatch_block() == block
+
+
+def test_live_frames_past_the_queue_limit_are_dropped_as_late_and_files_never():
+    dropped = []
+    worker = object.__new__(GpuWorker)
+    worker.proc = SimpleNamespace(dropped=lambda *args: dropped.append(args))
+    worker.live_max_queue = 0.2
+    t = now()
+    ages = (0.5, 0.3, 0.1, 0.0)  # seconds since ingest, oldest first
+    worker.streams = {
+        name: SimpleNamespace(name=name, live=live, queue=collections.deque(
+            SimpleNamespace(seq=i, t_ingest=t - age) for i, age in enumerate(ages)))
+        for name, live in (("cam", True), ("file", False))
+    }
+    worker._shed_late()
+    assert dropped == [("cam", 0, "gpu", "late"), ("cam", 1, "gpu", "late")]
+    assert [m.seq for m in worker.streams["cam"].queue] == [2, 3]
+    assert [m.seq for m in worker.streams["file"].queue] == [0, 1, 2, 3]  # lossless streams wait
+    worker.live_max_queue = None  # off (the default): nothing is dropped for its age
+    worker.streams["cam"].queue[0].t_ingest = t - 10
+    worker._shed_late()
+    assert len(dropped) == 2 and len(worker.streams["cam"].queue) == 2
+
+
+def test_live_queue_limit_setting():
+    assert load_settings(None, env={}).engine.live_max_queue_ms is None
+    assert load_settings(None, env={}, overrides={"engine.live_max_queue_ms": 400}).engine.live_max_queue_ms == 400
+    with pytest.raises(ConfigError, match="live_max_queue_ms"):
+        load_settings(None, env={}, overrides={"engine.live_max_queue_ms": 0})
 
 
 def test_scene_cuts_refresh_only_when_configured_and_gaps_always():

@@ -11,7 +11,8 @@ Credits keep file streams lossless: input slots are released once their frames a
 frame of each stream is kept one batch longer, as the next refresh's flow source, and a refresh
 batch's frames until the flow process answered); an output slot is written only when egress has
 released one (live streams never wait: egress counts what it lost). Live streams whose queue grows
-past two batches drop their oldest frames, counted.
+past two batches drop their oldest frames, counted ('behind'); with `engine.live_max_queue_ms` set, so do
+live frames that waited longer than that ('late').
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ class GpuWorker:
         self.size = s.engine.size
         self.batch = s.engine.batch
         self.max_wait = s.engine.max_batch_wait_ms / 1000
+        self.live_max_queue = None if s.engine.live_max_queue_ms is None else s.engine.live_max_queue_ms / 1000
         self.frames = proc.bus.socket("PULL", "frames", bind=True, worker=worker)
         self.styled = proc.bus.socket("PUB", "styled", bind=True, worker=worker)
         self.control = proc.bus.socket("DEALER", "control", bind=False, identity=proc.name.encode())
@@ -374,8 +376,20 @@ class GpuWorker:
             self.proc.dropped(st.name, old.seq, "gpu", "behind")
         self.proc.metrics.queue_depth.labels(st.name, "gpu").set(len(st.queue))
 
+    def _shed_late(self) -> None:
+        """Drop live frames that have waited past `live_max_queue_ms` (counted as 'late'): a batch of them would come
+        out later still, and the newer frames behind them would wait for it."""
+        if self.live_max_queue is None:
+            return
+        oldest_kept = now() - self.live_max_queue
+        for st in self.streams.values():
+            while st.live and st.queue and st.queue[0].t_ingest < oldest_kept:
+                old = st.queue.popleft()
+                self.proc.dropped(st.name, old.seq, "gpu", "late")
+
     def _dispatch_block(self) -> str | None:
         """Why no batch goes out now (None: one does). The loop adds up the time spent in each state."""
+        self._shed_late()
         queued = [st for st in self.streams.values() if st.queue]
         if not queued:
             return "no_frames"
