@@ -175,3 +175,24 @@ def test_a_small_refresh_share_runs_in_its_own_graph_and_matches_the_compiled_wh
             assert own.shape[0] == rows == whole.shape[0]
             # the compiled whole batch against the one-row graph (other kernels) in float32: close, not bitwise
             assert (own - whole).abs().mean() <= 0.01 * whole.abs().mean() + 1e-6, (name, key)
+
+
+def test_released_token_graphs_are_captured_again_and_compute_the_same_on_cuda(cuda_fp32_bundle, bikes_path):
+    """model.token_graphs 1: each prompt change releases the other length's graphs and captures again; the frames
+    match an engine that keeps them all."""
+    from tests.test_token_shapes import LONG, SHORT
+
+    frames = real_frames(bikes_path, 64, 12)
+    results, kept = {}, {}
+    for limit in (1, 32):
+        with StreamEngine(EngineConfig(size=64, batch=2, hooks="none", token_graphs=limit), cuda_fp32_bundle) as engine:
+            engine.open_stream("s", SHORT, seed=3)
+            outs = []
+            for i, prompt in zip(range(0, 12, 2), (SHORT, LONG, SHORT, LONG, SHORT, SHORT)):
+                engine.set_prompt("s", prompt)
+                outs.append(engine.submit(frames[i : i + 2], "s").result().frames)
+            results[limit] = np.concatenate(outs)
+            kept[limit] = {k[2] for k in engine.captured() if k[0] == "denoise"}
+    assert len(kept[1]) == 1 and len(kept[32]) == 2
+    diff = np.abs(results[1].astype(int) - results[32].astype(int))
+    assert diff.max() <= 1, f"frames differ by up to {diff.max()} grey levels"

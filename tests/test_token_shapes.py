@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.gpu.engine import EngineConfig, EngineError, StreamEngine
-from services.gpu.token_shapes import TokenShapes
+from services.gpu.token_shapes import TokenGraphLru, TokenShapes
 from services.gpu.worker import engine_config
 from shared.settings import load_settings
 from tests.conftest import real_frames
@@ -35,6 +35,69 @@ def test_the_setting_reaches_the_engine():
     assert engine_config(load_settings(None, env={}), cuda=True).token_shapes == "dynamic"
     settings = load_settings(None, env={}, overrides={"model.token_shapes": "static"})
     assert engine_config(settings, cuda=True).token_shapes == "static"
+
+
+def test_the_least_recently_used_lengths_go_per_stage():
+    lru = TokenGraphLru(2)
+    assert [lru.use("denoise", n) for n in (8, 16)] == [[], []]
+    assert lru.use("text_encode", 8) == []  # each stage counts its own lengths
+    assert lru.use("denoise", 8) == []  # used again: now the most recent
+    assert lru.use("denoise", 24) == [16]
+    assert lru.lengths("denoise") == [8, 24] and lru.lengths("text_encode") == [8]
+    with pytest.raises(ValueError, match="limit 0"):
+        TokenGraphLru(0)
+
+
+def test_the_graph_limit_setting_reaches_the_engine():
+    assert engine_config(load_settings(None, env={}), cuda=True).token_graphs == 32
+    settings = load_settings(None, env={}, overrides={"model.token_graphs": 4})
+    assert engine_config(settings, cuda=True).token_graphs == 4
+    with pytest.raises(EngineError, match="token_graphs 0"):
+        EngineConfig(token_graphs=0).validate()
+
+
+def test_the_engine_releases_the_graphs_of_the_least_recently_used_length(tiny_bundle, monkeypatch):
+    """CUDA graphs stood in for by a recording class (the engine's capture path runs only on CUDA)."""
+    import torch
+
+    import services.gpu.engine as engine_module
+
+    captured = []
+
+    class FakeCapture:
+        def __init__(self, fn, example_inputs, pool=None):
+            self.fn, self.pool = fn, pool
+            captured.append(example_inputs[0].shape)
+
+        def __call__(self, *inputs):
+            return self.fn(*inputs)
+
+    monkeypatch.setattr(engine_module, "CapturedCall", FakeCapture)
+    with StreamEngine(EngineConfig(size=64, batch=2, hooks="none", token_graphs=2), tiny_bundle) as engine:
+
+        def call(stage, bucket, tokens):
+            return engine._call((stage, bucket, tokens), lambda x: x + 1, torch.zeros(bucket, tokens))
+
+        def denoise_keys():
+            return sorted(k for k in engine.captured() if k[0] == "denoise")
+
+        engine.cuda = True  # only _call reads it here; set back before the engine closes
+        try:
+            for bucket, tokens in ((2, 8), (1, 8), (2, 16)):
+                call("denoise", bucket, tokens)
+            call("text_encode", 2, 8)
+            engine._call(("decode", 2), lambda x: x, torch.zeros(2, 3))
+            call("denoise", 2, 24)  # a third length: both buckets of the least recent (8) go, other stages keep theirs
+            assert denoise_keys() == [("denoise", 2, 16), ("denoise", 2, 24)]
+            assert ("text_encode", 2, 8) in engine.captured() and ("decode", 2) in engine.captured()
+            before = len(captured)
+            call("denoise", 2, 16)  # kept: replayed, not captured again
+            assert len(captured) == before
+            call("denoise", 2, 8)  # released earlier: captured again, and now 24 is the least recent
+            assert len(captured) == before + 1
+            assert denoise_keys() == [("denoise", 2, 8), ("denoise", 2, 16)]
+        finally:
+            engine.cuda = False
 
 
 def run_with_prompt_change(tiny_bundle, frames, token_shapes: str, **config) -> tuple[np.ndarray, list[int]]:

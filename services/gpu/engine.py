@@ -43,7 +43,7 @@ from .profiles import ModelBundle
 from .prompt_encoder import EditPromptEncoder
 from .refresh_policy import RefreshPolicy, refresh_size
 from .streams import StreamState, frame_noise
-from .token_shapes import TOKEN_SHAPES, UNET_TOKEN_BUCKETS, TokenShapes
+from .token_shapes import TOKEN_SHAPES, UNET_TOKEN_BUCKETS, TokenGraphLru, TokenShapes
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ TE_MODES = ("per_frame", "batch_one", "refresh_every")
 FLOW_BACKENDS = ("auto", "opencv", "torch")
 COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 COMPILE_PARTS = ("unet", "text_encoder", "vae")
+TOKEN_STAGES = ("text_encode", "denoise")  # stages whose graph keys are (stage, bucket, tokens)
 COMPILE_BUCKETS = ("all", "largest")
 COMPILE_REFRESH = ("batch", "every_size")
 CHANNELS_LAST_PARTS = ("unet", "vae")
@@ -132,6 +133,7 @@ class EngineConfig:
     compile_buckets: str = "all"  # all: every batch bucket compiled; largest: only `batch` (smaller ones run uncompiled)
     compile_refresh: str = "batch"  # refresh shares below `batch`: eager in their graphs, or every_size (one more compile)
     token_shapes: str = "dynamic"  # the compiled parts' token axis: one compile for every prompt length, or one per bucket
+    token_graphs: int = 32  # prompt lengths whose CUDA graphs each token-shaped stage keeps (least recently used go)
     channels_last: tuple[str, ...] = ("vae",)  # whose convolutions run NHWC on CUDA (a layout change: same arithmetic)
     cuda_graphs: bool = True  # capture each stage per batch bucket (CUDA only)
     buckets: tuple[int, ...] = ()  # batch sizes to serve; default (batch,)
@@ -179,6 +181,8 @@ class EngineConfig:
             raise EngineError(f"compile_buckets {self.compile_buckets!r}; use 'all' or 'largest'")
         if self.token_shapes not in TOKEN_SHAPES:
             raise EngineError(f"token_shapes {self.token_shapes!r}; use one of {TOKEN_SHAPES}")
+        if self.token_graphs < 1:
+            raise EngineError(f"token_graphs {self.token_graphs} must be ≥ 1")
         if self.compile_refresh not in COMPILE_REFRESH:
             raise EngineError(f"compile_refresh {self.compile_refresh!r}; use one of {COMPILE_REFRESH}")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
@@ -308,6 +312,7 @@ class StreamEngine:
         self._own_flows = flow_provider is None and self.flow_backend == "opencv"
         self.flows = FlowPool(config.flow_workers) if self._own_flows else flow_provider
         self._graphs: dict[tuple, CapturedCall] = {}
+        self._token_graphs = TokenGraphLru(config.token_graphs)  # keys (stage, bucket, tokens) of TOKEN_STAGES
         self._pools: dict[str, object] = {}
         self._adapter_rows: tuple | None = None
         self._prev_main_end = None  # the previous batch's last main-stage mark: where the gap to the next is counted from
@@ -634,6 +639,7 @@ class StreamEngine:
             with torch.no_grad():
                 out = fn(*args)
             return out
+        evicted = self._token_graphs.use(key[0], key[2]) if key[0] in TOKEN_STAGES else []
         graph = self._graphs.get(key)
         if graph is None:
             family = family or ("side" if key[0] in ("vae_encode", "text_encode") else "main")
@@ -641,6 +647,13 @@ class StreamEngine:
             graph = CapturedCall(fn, args, pool=self._pools.get(family))
             self._pools.setdefault(family, graph.pool)
             self._graphs[key] = graph
+        if evicted:
+            # After a capture, which synchronised the device: the evicted graphs (this stage's, so launched only by
+            # this thread) have finished. Their static buffers return to the stream's pool for later captures.
+            for stale in [k for k in self._graphs if k[0] == key[0] and k[2] in evicted]:
+                del self._graphs[stale]
+            log.info("released the CUDA graphs of %s at %s tokens (model.token_graphs %d)", key[0], evicted,
+                     self.config.token_graphs)
         outputs = graph(*args)
         # Static outputs are overwritten by the next replay: hand out copies that the other stream owns safely.
         if isinstance(outputs, tuple):

@@ -49,3 +49,31 @@ class TokenShapes:
         if self.dynamic:
             for tensor in tensors:
                 torch._dynamo.mark_dynamic(tensor, 1)
+
+
+class TokenGraphLru:
+    """Which prompt lengths keep their CUDA graphs, per stage. Every new length captures one graph per stage and
+    batch bucket, each holding its own static inputs and outputs (≈ 25 MB at B=16 for a short prompt, more for long
+    ones), so live prompt changes would otherwise add memory without end. `use` returns the lengths whose graphs
+    go: the least recently used beyond `limit` per stage."""
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"token graph limit {limit} must be ≥ 1")
+        self.limit = limit
+        self._recent: dict[str, dict[int, None]] = {}  # per stage, lengths oldest first (dicts keep insertion order)
+
+    def use(self, stage: str, length: int) -> list[int]:
+        recent = self._recent.setdefault(stage, {})
+        recent.pop(length, None)
+        recent[length] = None
+        evicted = []
+        while len(recent) > self.limit:
+            oldest = next(iter(recent))
+            del recent[oldest]
+            evicted.append(oldest)
+        return evicted
+
+    def lengths(self, stage: str) -> list[int]:
+        """The lengths kept for `stage`, least recently used first."""
+        return list(self._recent.get(stage, ()))
