@@ -77,7 +77,9 @@ def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, live
 def test_live_frames_past_the_queue_limit_are_dropped_as_late_and_files_never():
     dropped = []
     worker = object.__new__(GpuWorker)
-    worker.proc = SimpleNamespace(dropped=lambda *args: dropped.append(args))
+    depth = {}
+    gauge = SimpleNamespace(labels=lambda stream, stage: SimpleNamespace(set=lambda n: depth.__setitem__(stream, n)))
+    worker.proc = SimpleNamespace(dropped=lambda *args: dropped.append(args), metrics=SimpleNamespace(queue_depth=gauge))
     worker.live_max_queue = 0.2
     t = now()
     ages = (0.5, 0.3, 0.1, 0.0)  # seconds since ingest, oldest first
@@ -90,6 +92,7 @@ def test_live_frames_past_the_queue_limit_are_dropped_as_late_and_files_never():
     assert dropped == [("cam", 0, "gpu", "late"), ("cam", 1, "gpu", "late")]
     assert [m.seq for m in worker.streams["cam"].queue] == [2, 3]
     assert [m.seq for m in worker.streams["file"].queue] == [0, 1, 2, 3]  # lossless streams wait
+    assert depth == {"cam": 2}  # the queue-depth gauge follows
     worker.live_max_queue = None  # off (the default): nothing is dropped for its age
     worker.streams["cam"].queue[0].t_ingest = t - 10
     worker._shed_late()

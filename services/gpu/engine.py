@@ -639,7 +639,6 @@ class StreamEngine:
             with torch.no_grad():
                 out = fn(*args)
             return out
-        evicted = self._token_graphs.use(key[0], key[2]) if key[0] in TOKEN_STAGES else []
         graph = self._graphs.get(key)
         if graph is None:
             family = family or ("side" if key[0] in ("vae_encode", "text_encode") else "main")
@@ -647,18 +646,24 @@ class StreamEngine:
             graph = CapturedCall(fn, args, pool=self._pools.get(family))
             self._pools.setdefault(family, graph.pool)
             self._graphs[key] = graph
-        if evicted:
-            # After a capture, which synchronised the device: the evicted graphs (this stage's, so launched only by
-            # this thread) have finished. Their static buffers return to the stream's pool for later captures.
-            for stale in [k for k in self._graphs if k[0] == key[0] and k[2] in evicted]:
-                del self._graphs[stale]
-            log.info("released the CUDA graphs of %s at %s tokens (model.token_graphs %d)", key[0], evicted,
-                     self.config.token_graphs)
+        if key[0] in TOKEN_STAGES:
+            self._release_token_graphs(key[0], self._token_graphs.use(key[0], key[2]))
         outputs = graph(*args)
         # Static outputs are overwritten by the next replay: hand out copies that the other stream owns safely.
         if isinstance(outputs, tuple):
             return tuple(self._own(o) for o in outputs)
         return self._own(outputs)
+
+    def _release_token_graphs(self, stage: str, lengths: list[int]) -> None:
+        """Drop `stage`'s graphs at these token lengths. Called only after a capture (a new length), which synchronised
+        the device, and from the thread that launches `stage`: none of them is still running. Their static buffers
+        return to the stream's pool for later captures."""
+        if not lengths:
+            return
+        for stale in [k for k in self._graphs if k[0] == stage and k[2] in lengths]:
+            del self._graphs[stale]
+        log.info("released the CUDA graphs of %s at %s tokens (model.token_graphs %d)", stage, lengths,
+                 self.config.token_graphs)
 
     @staticmethod
     def _own(tensor: torch.Tensor) -> torch.Tensor:

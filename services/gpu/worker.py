@@ -383,9 +383,12 @@ class GpuWorker:
             return
         oldest_kept = now() - self.live_max_queue
         for st in self.streams.values():
-            while st.live and st.queue and st.queue[0].t_ingest < oldest_kept:
+            if not (st.live and st.queue and st.queue[0].t_ingest < oldest_kept):
+                continue
+            while st.queue and st.queue[0].t_ingest < oldest_kept:
                 old = st.queue.popleft()
                 self.proc.dropped(st.name, old.seq, "gpu", "late")
+            self.proc.metrics.queue_depth.labels(st.name, "gpu").set(len(st.queue))
 
     def _dispatch_block(self) -> str | None:
         """Why no batch goes out now (None: one does). The loop adds up the time spent in each state."""
