@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import httpx
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.service import REPO, leftover_segments, processes_using, service_env
+from tests.support.service import REPO, leftover_segments, processes_using, service_env, trim_clip
 
 TOKEN = "browser-t0ken-0123456789"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -74,7 +75,9 @@ def service(tmp_path, bikes_path):
         "engine": {"size": 64, "batch": 4},
         # Small rings: fewer queued frames for the CPU "GPU" worker to drain at the end.
         "service": {"api_port": port, "runtime_dir": str(tmp_path / "rt"), "token": TOKEN, "drain_timeout_s": 5, "ring_slots": 4},
-        "streams": [{"name": "main", "source": bikes_path, "prompt": "make it an oil painting", "pace": True}],
+        # 40 s of paced video: the stream must still run when the test edits its prompt, however slow the machine.
+        "streams": [{"name": "main", "source": str(trim_clip(Path(bikes_path), tmp_path / "main.mp4", 1000)),
+                     "prompt": "make it an oil painting", "pace": True}],
     }
     (tmp_path / "stylecast.yaml").write_text(yaml.safe_dump(config))
     with open(tmp_path / "serve.err", "w") as stderr:

@@ -53,16 +53,22 @@ def decode_video(path: Path) -> tuple[np.ndarray, str]:
 
 
 def trim_clip(source: Path, target: Path, frames: int) -> Path:
-    """The first `frames` frames of a real clip, re-encoded (H.264) at its own size and rate."""
-    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
-        stream_in = src.streams.video[0]
-        out = dst.add_stream("libx264", rate=stream_in.average_rate)
-        out.width, out.height, out.pix_fmt = stream_in.codec_context.width, stream_in.codec_context.height, "yuv420p"
-        for i, frame in enumerate(src.decode(video=0)):
-            if i == frames:
-                break
-            for packet in out.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
-                dst.mux(packet)
+    """The first `frames` frames of a real clip, looped if it is shorter, re-encoded (H.264) at its own size and rate."""
+    with av.open(str(target), "w") as dst:
+        out, written = None, 0
+        while written < frames:
+            with av.open(str(source)) as src:
+                stream_in = src.streams.video[0]
+                if out is None:
+                    out = dst.add_stream("libx264", rate=stream_in.average_rate)
+                    out.width, out.height = stream_in.codec_context.width, stream_in.codec_context.height
+                    out.pix_fmt = "yuv420p"
+                for frame in src.decode(video=0):
+                    if written == frames:
+                        break
+                    for packet in out.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                        dst.mux(packet)
+                    written += 1
         for packet in out.encode():
             dst.mux(packet)
     return target
