@@ -96,13 +96,14 @@ def time_shapes(shapes: list[dict], batch: int, repeats: int) -> list[dict]:
 def stage_functions(vae):
     """The engine's VAE stages on `vae`: its encode (uint8 NHWC frames → latents) and EditDenoiser.decode."""
     from services.gpu.denoise import EditDenoiser
+    from services.gpu.engine import unit_pixels
 
     # EditDenoiser's encode/decode read only these attributes; the U-Net and scheduler play no part in them.
     holder = SimpleNamespace(vae=vae, vae_scale=float(vae.config.scaling_factor or 1.0),
                              vae_shift=float(getattr(vae.config, "shift_factor", 0.0) or 0.0))
 
     def encode(frames_u8):
-        return EditDenoiser.encode(holder, frames_u8.permute(0, 3, 1, 2).float() / 255.0)
+        return EditDenoiser.encode(holder, unit_pixels(frames_u8))
 
     def decode(latents):
         return EditDenoiser.decode(holder, latents)

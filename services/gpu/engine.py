@@ -93,6 +93,11 @@ class ByBatchSize(torch.nn.Module):
         return (self.compiled if args[self.size_arg].shape[0] in self.sizes else self.eager)(*args, **kwargs)
 
 
+def unit_pixels(frames_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (B, S, S, 3), as the engine receives them → float (B, 3, S, S) in [0, 1], as both encoders take them."""
+    return frames_u8.permute(0, 3, 1, 2).float() / 255.0
+
+
 def refresh_compiled(fn, batch: int, every_size: bool, size_arg: int = 0, **compile_options) -> ByBatchSize:
     """A refresh function (flows or conditioning) for every refresh size: compiled for the full batch, and for a
     stream's smaller share either eager inside its CUDA graph (one compile at start-up) or, with `every_size`,
@@ -449,11 +454,11 @@ class StreamEngine:
         job.timings["side_host_ms"] = (time.perf_counter() - t0) * 1e3
 
     def _vae_encode_fn(self, frames_u8: torch.Tensor) -> torch.Tensor:
-        return self.denoiser.encode(frames_u8.permute(0, 3, 1, 2).float() / 255.0)
+        return self.denoiser.encode(unit_pixels(frames_u8))
 
     def _te_fn(self, frames_u8, ids, cos, sin, lengths):
         self.tokens.mark(ids, cos, sin)
-        return self._encoder_fn(frames_u8.permute(0, 3, 1, 2).float() / 255.0, ids, cos, sin, lengths)
+        return self._encoder_fn(unit_pixels(frames_u8), ids, cos, sin, lengths)
 
     def _encode(self, frames: torch.Tensor, prompts: list[str], bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, pos, lengths = self.encoder.pack([self.encoder.layout(p) for p in prompts], bucket=self.tokens.encoder_bucket)
