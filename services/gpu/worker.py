@@ -382,13 +382,13 @@ class GpuWorker:
         if self.live_max_queue is None:
             return
         oldest_kept = now() - self.live_max_queue
-        for st in self.streams.values():
-            if not (st.live and st.queue and st.queue[0].t_ingest < oldest_kept):
-                continue
+        for st in (s for s in self.streams.values() if s.live):
+            shed = 0
             while st.queue and st.queue[0].t_ingest < oldest_kept:
-                old = st.queue.popleft()
-                self.proc.dropped(st.name, old.seq, "gpu", "late")
-            self.proc.metrics.queue_depth.labels(st.name, "gpu").set(len(st.queue))
+                self.proc.dropped(st.name, st.queue.popleft().seq, "gpu", "late")
+                shed += 1
+            if shed:
+                self.proc.metrics.queue_depth.labels(st.name, "gpu").set(len(st.queue))
 
     def _dispatch_block(self) -> str | None:
         """Why no batch goes out now (None: one does). The loop adds up the time spent in each state."""
