@@ -61,6 +61,7 @@ def bench(
     te_refresh: int = typer.Option(4, help="N for --te-mode refresh_every."),
     compile_mode: str = typer.Option("default", "--compile", help="torch.compile mode on CUDA, or none."),
     compile_parts: str = typer.Option("unet,text_encoder,vae", help="Comma-separated parts that --compile covers."),
+    autotune: str = typer.Option("", help="Comma-separated compiled parts (unet, text_encoder) whose matrix products are autotuned."),
     channels_last: str = typer.Option("vae", help="Comma-separated parts (unet, vae) run channels-last on CUDA; '' for none."),
     graphs: bool = typer.Option(True, help="Capture CUDA graphs per batch bucket."),
     flow_backend: str = typer.Option("auto", help="Refresh flows: opencv (host threads), torch (on the device), auto."),
@@ -90,7 +91,7 @@ def bench(
     config = EngineConfig(
         size=size or (512 if cuda else 64), batch=batch, steps=steps, hooks=hooks, adapter_weights=adapter,
         cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
-        compile_parts=_parts(compile_parts), channels_last=_parts(channels_last), flow_backend=flow_backend,
+        compile_parts=_parts(compile_parts), autotune=_parts(autotune), channels_last=_parts(channels_last), flow_backend=flow_backend,
         cuda_streams=cuda_streams, fp8=_parts(fp8), group_norm=group_norm, cross_attention=cross_attention,
         token_shapes=token_shapes,
     )

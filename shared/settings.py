@@ -246,6 +246,14 @@ class ModelSettings(_Section):
         description="What compile_mode compiles. Each part costs start-up time per batch bucket (on an H100 about 85 s "
         "for the U-Net and 50 s for the text encoder); leaving one out starts faster and runs it uncompiled.",
     )
+    autotune: list[Literal["unet", "text_encoder"]] = Field(
+        [],
+        description="Compiled parts (of compile_parts, with compile_mode default) whose matrix products torch.compile "
+        "autotunes: each shape's cuBLAS call is timed against Triton templates that also fuse the elementwise work after "
+        "it, and the quicker is kept. The same arithmetic in other kernels. Costs minutes of start-up per part and batch "
+        "bucket the first time; a compile cache that outlives the process (TORCHINDUCTOR_CACHE_DIR, which the container "
+        "image keeps on a volume) keeps the choices.",
+    )
     compile_buckets: Literal["all", "largest"] = Field(
         "all",
         description="Which batch buckets (engine.buckets) the compile covers: 'all', or only the 'largest' (engine.batch), "
@@ -384,7 +392,7 @@ class EngineSettings(_Section):
         allow_inf_nan=False,
         description="Latency-aware batching: dispatch a partial batch once its oldest frame has waited this long (ms) "
         "and at most one batch is on the GPU (an idle GPU takes what waits at once when a live stream waits; frames "
-        "of lossless file streams only get this long to fill the batch).",
+        "of lossless file streams only get this long to fill the batch, and go partial only once the GPU is idle).",
     )
     live_max_queue_ms: float | None = Field(
         None,

@@ -95,7 +95,18 @@ def test_bad_requests_are_named(tiny_bundle):
     ("te_mode", "sometimes", "te_mode"), ("compile", "fast", "compile"),
     ("compile_parts", ("unet", "scheduler"), r"compile_parts \['scheduler'\] unknown"),
     ("channels_last", ("text_encoder",), r"channels_last \['text_encoder'\] unknown"),
+    ("autotune", ("vae",), r"autotune \['vae'\] unknown"),
 ])
 def test_bad_config_is_named(tiny_bundle, field, value, message):
     with pytest.raises(EngineError, match=message):
         StreamEngine(EngineConfig(**{field: value}), tiny_bundle)
+
+
+@pytest.mark.parametrize("config,message", [
+    (dict(autotune=("unet",), compile="none"), "needs compile 'default'"),
+    (dict(autotune=("unet",), compile="max-autotune-no-cudagraphs"), "needs compile 'default'"),
+    (dict(autotune=("unet", "text_encoder"), compile_parts=("unet", "vae")), r"autotune \['text_encoder'\] not in compile_parts"),
+])
+def test_autotune_of_a_part_that_is_not_compiled_is_refused(tiny_bundle, config, message):
+    with pytest.raises(EngineError, match=message):
+        StreamEngine(EngineConfig(**config), tiny_bundle)

@@ -37,6 +37,8 @@ def test_dispatch_rule(waiting, in_flight, oldest_wait_s, flushing, due):
         (1, 0, 0.0, False, False),  # files only, idle GPU, young frames: give the batch time to fill
         (3, 0, 0.049, False, False),
         (3, 0, 0.05, False, True),  # ... but no longer than the deadline
+        (6, 1, 0.2, False, False),  # files only, one batch running: fill up meanwhile, however late
+        (6, 1, 0.2, True, True),  # ... unless the file ended
         (8, 0, 0.0, False, True),  # a full batch goes at once
         (1, 0, 0.0, True, True),  # the file ended: flush
     ],
@@ -196,6 +198,32 @@ def test_settings_compile_parts_and_layout_reach_the_engine():
     assert chosen.compile_parts == ("unet",) and chosen.channels_last == ("unet", "vae")
     with pytest.raises(ConfigError, match="compile_parts"):
         load_settings(None, env={}, overrides={"model.compile_parts": ["unet", "scheduler"]})
+    assert default.autotune == ()
+    assert engine_config(load_settings(None, env={}, overrides={"model.autotune": ["unet"]}), cuda=True).autotune == ("unet",)
+    with pytest.raises(ConfigError, match="autotune"):
+        load_settings(None, env={}, overrides={"model.autotune": ["vae"]})
+
+
+def test_autotuned_parts_compile_with_gemm_autotuning_and_the_rest_with_the_mode(tiny_bundle, monkeypatch):
+    """The engine's compile branch walked on the CPU: the part named in `autotune` is compiled with inductor's
+    matrix-product autotuning options (no mode: torch.compile takes one or the other), every other part with the mode."""
+    from services.gpu.engine import AUTOTUNE_OPTIONS
+
+    calls: dict[str, dict] = {}
+
+    def recording_compile(fn, **kwargs):
+        calls.setdefault(getattr(fn, "__name__", type(fn).__name__), kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(StreamEngine, "compiled", property(lambda self: True))
+    config = EngineConfig(size=64, batch=2, hooks="none", compile="default", autotune=("text_encoder",))
+    with StreamEngine(config, tiny_bundle):
+        pass
+    assert calls["forward"] == {"dynamic": False, "fullgraph": True, "options": AUTOTUNE_OPTIONS}  # the text encoder
+    assert calls["DreamLiteUNetModel"] == {"dynamic": False, "fullgraph": False, "mode": "default"}
+    assert calls["decode"]["mode"] == "default" and "options" not in calls["decode"]
+    assert AUTOTUNE_OPTIONS["max_autotune_gemm"] is True and AUTOTUNE_OPTIONS["max_autotune_conv_backends"] == "ATEN"
 
 
 def test_partial_batches_run_at_the_smallest_bucket_that_fits(tiny_bundle):

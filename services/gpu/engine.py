@@ -55,6 +55,11 @@ TOKEN_STAGES = ("text_encode", "denoise")  # stages whose graph keys are (stage,
 COMPILE_BUCKETS = ("all", "largest")
 COMPILE_REFRESH = ("batch", "every_size")
 CHANNELS_LAST_PARTS = ("unet", "vae")
+AUTOTUNE_PARTS = ("unet", "text_encoder")
+# Inductor times Triton matrix-product templates (with the following elementwise work fused into their epilogue)
+# against ATen's cuBLAS call for each shape and keeps the quicker: the same products, other kernels. Convolutions
+# stay with cuDNN (Triton's convolution templates won 0-3% on TAESD's, NOTES 54, for minutes of tuning).
+AUTOTUNE_OPTIONS = {"max_autotune_gemm": True, "max_autotune_conv_backends": "ATEN"}
 
 
 def allow_recompiles(shapes: int) -> None:
@@ -135,6 +140,7 @@ class EngineConfig:
     encoder_size: int = 256  # the frame goes to the text encoder at this size
     compile: str = "default"  # torch.compile mode on CUDA; "none" for eager
     compile_parts: tuple[str, ...] = COMPILE_PARTS  # what `compile` covers: fewer parts start faster, run slower
+    autotune: tuple[str, ...] = ()  # compiled parts whose matrix products are autotuned (AUTOTUNE_OPTIONS): minutes more start-up
     compile_buckets: str = "all"  # all: every batch bucket compiled; largest: only `batch` (smaller ones run uncompiled)
     compile_refresh: str = "batch"  # refresh shares below `batch`: eager in their graphs, or every_size (one more compile)
     token_shapes: str = "dynamic"  # the compiled parts' token axis: one compile for every prompt length, or one per bucket
@@ -192,6 +198,12 @@ class EngineConfig:
             raise EngineError(f"compile_refresh {self.compile_refresh!r}; use one of {COMPILE_REFRESH}")
         if unknown := set(self.compile_parts) - set(COMPILE_PARTS):
             raise EngineError(f"compile_parts {sorted(unknown)} unknown; use some of {COMPILE_PARTS}")
+        if unknown := set(self.autotune) - set(AUTOTUNE_PARTS):
+            raise EngineError(f"autotune {sorted(unknown)} unknown; use some of {AUTOTUNE_PARTS}")
+        if self.autotune and self.compile != "default":
+            raise EngineError(f"autotune {list(self.autotune)} needs compile 'default' (not {self.compile!r}): it tunes what that mode compiles")
+        if uncompiled := set(self.autotune) - set(self.compile_parts):
+            raise EngineError(f"autotune {sorted(uncompiled)} not in compile_parts {list(self.compile_parts)}: only compiled parts are tuned")
         if unknown := set(self.channels_last) - set(CHANNELS_LAST_PARTS):
             raise EngineError(f"channels_last {sorted(unknown)} unknown; use some of {CHANNELS_LAST_PARTS}")
         if self.cond_refresh < 1 or self.te_refresh < 1:
@@ -287,21 +299,22 @@ class StreamEngine:
             allow_recompiles(len(compiled_buckets) * len(UNET_TOKEN_BUCKETS) * 2)
             parts = set(config.compile_parts)
 
-            def compiled(fn, fullgraph: bool):
-                traced = torch.compile(fn, mode=config.compile, dynamic=False, fullgraph=fullgraph)
+            def compiled(fn, fullgraph: bool, part: str):
+                how = {"options": AUTOTUNE_OPTIONS} if part in config.autotune else {"mode": config.compile}
+                traced = torch.compile(fn, dynamic=False, fullgraph=fullgraph, **how)
                 return traced if compiled_buckets == set(self.buckets) else ByBatchSize(traced, fn, compiled_buckets)
 
             if "unet" in parts:
-                self.denoiser.unet_fn = compiled(bundle.unet, fullgraph=False)
+                self.denoiser.unet_fn = compiled(bundle.unet, fullgraph=False, part="unet")
             if "text_encoder" in parts:
                 # Both towers: fused norms, rotary and residuals, 1.8× on an H100 alone; the once-per-device
                 # constants are built first so the traced function only reads them.
                 self.encoder.prepare(self.device, self.dtype)
-                self._encoder_fn = compiled(self.encoder.forward, fullgraph=True)
+                self._encoder_fn = compiled(self.encoder.forward, fullgraph=True, part="text_encoder")
             if "vae" in parts:
                 # With the scaling, clamping and uint8 packing around it fused into the convolutions' epilogues.
-                self._vae_encode = compiled(self._vae_encode_fn, fullgraph=True)
-                self._decode = compiled(self.denoiser.decode, fullgraph=True)
+                self._vae_encode = compiled(self._vae_encode_fn, fullgraph=True, part="vae")
+                self._decode = compiled(self.denoiser.decode, fullgraph=True, part="vae")
             # Refreshes run at the sizes of refresh_sizes(batch) (see refresh_compiled).
             every_size = config.compile_refresh == "every_size"
             if self.flow_backend == "torch":

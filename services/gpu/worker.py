@@ -2,7 +2,8 @@
 
 Frames of all streams arrive on one socket; each stream keeps its own queue. Batches are formed
 latency-aware: dispatch when B frames wait, when nothing is in flight and a live stream waits, when the
-oldest has waited `max_batch_wait_ms` and at most one batch is on the GPU, or when a stream ends; frames of
+oldest has waited `max_batch_wait_ms` and at most one batch is on the GPU (none, when only file streams
+wait), or when a stream ends; frames of
 several streams share a batch, oldest first, each stream's frames in order; a partial batch pads to the
 smallest configured bucket that fits. Finished batches are written to the streams' output rings and
 announced to their egress processes.
@@ -75,7 +76,7 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
         adapter_weights=str(e.lllite_weights) if e.lllite_weights else None, multiplier=e.lllite_multiplier,
         cond_refresh=e.cond_refresh, te_mode=e.text_encoder_mode, te_refresh=e.text_encoder_refresh,
         encoder_size=e.encoder_image_size, compile=compile_mode, compile_parts=tuple(m.compile_parts),
-        compile_buckets=m.compile_buckets, compile_refresh=m.compile_refresh, fp8=tuple(m.fp8), group_norm=m.group_norm,
+        autotune=tuple(m.autotune), compile_buckets=m.compile_buckets, compile_refresh=m.compile_refresh, fp8=tuple(m.fp8), group_norm=m.group_norm,
         cross_attention=m.cross_attention, token_shapes=m.token_shapes, token_graphs=m.token_graphs,
         channels_last=tuple(m.channels_last), cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
         buckets=tuple(e.buckets), pipeline_depth=e.pipeline_depth, flow_backend=e.flow_backend,
@@ -192,11 +193,14 @@ def dispatch_due(waiting: int, batch: int, in_flight: int, oldest_wait_s: float,
     throughput. When only lossless (file) streams wait, there is no camera to keep up with, so an idle GPU
     gives their frames up to `max_wait_s` to fill the batch: a file's first frames otherwise went as a 1-row batch, then a
     13- and a 14-row one, each at the cost of a full bucket (B=16 on an H100, 2026-11-27). A frame past its
-    deadline goes in a partial batch only while at most one batch is on the GPU: with more queued ahead it
-    would not start sooner, and a partial batch costs a full bucket's work (at B=16 on an H100 the service
-    ran 35 batches of 13.7 frames on average for 480 frames, each at the cost of 16).
+    deadline goes in a partial batch only while at most one batch is on the GPU (a live stream waits) or none is
+    (only lossless streams wait): with more queued ahead it would not start sooner, and a partial batch costs a
+    full bucket's work (at B=16 on an H100 the service ran 35 batches of 13.7 frames on average for 480 frames,
+    each at the cost of 16; later two 6-row batches went beside a running one while the file's first half second
+    was read more slowly than the GPU ran). Lossless frames have no camera's latency to keep, so they fill
+    the batch while one runs and go partial only to keep the GPU from idling.
     """
-    late = oldest_wait_s >= max_wait_s and in_flight <= 1
+    late = oldest_wait_s >= max_wait_s and in_flight <= (1 if live else 0)
     return waiting >= batch or (in_flight == 0 and live) or late or flushing
 
 
