@@ -43,6 +43,9 @@ VARIANTS: dict[str, dict] = {
     "key_channel_cross_attention": {"inductor": {}, "engine": {"cross_attention": "key_channel"}},
     # ... and every cross-attention's keys and values from one matrix product instead of 72 small ones.
     "key_channel_fused_kv": {"inductor": {}, "engine": {"cross_attention": "key_channel_fused_kv"}},
+    # Matrix products autotuned against Triton templates (engine.AUTOTUNE_OPTIONS); the part must be in --compile-parts.
+    "autotune_text_encoder": {"inductor": {}, "engine": {"autotune": ("text_encoder",)}},
+    "autotune_unet": {"inductor": {}, "engine": {"autotune": ("unet",)}},
 }
 # With --output-code: inductor writes only its generated code (output_code.py per compiled graph), not its IR dumps.
 OUTPUT_CODE_ONLY = {"enabled": True, "output_code": True, "fx_graph": False, "fx_graph_transformed": False,
