@@ -46,6 +46,8 @@ VARIANTS: dict[str, dict] = {
     # Matrix products autotuned against Triton templates (engine.AUTOTUNE_OPTIONS); the part must be in --compile-parts.
     "autotune_text_encoder": {"inductor": {}, "engine": {"autotune": ("text_encoder",)}},
     "autotune_unet": {"inductor": {}, "engine": {"autotune": ("unet",)}},
+    # The text encoder's q/k/v as one product of the stacked weights (EditPromptEncoder.fuse_qkv).
+    "fused_qkv": {"inductor": {}, "engine": {"fused_qkv": True}},
 }
 # With --output-code: inductor writes only its generated code (output_code.py per compiled graph), not its IR dumps.
 OUTPUT_CODE_ONLY = {"enabled": True, "output_code": True, "fx_graph": False, "fx_graph_transformed": False,

@@ -290,6 +290,12 @@ class ModelSettings(_Section):
         "with per-row scales: an APPROXIMATION, off by default, for GPUs of compute capability 8.9+ (Ada, Hopper). "
         "benchmarks/fp8_accuracy.py reports the cosine similarity of its outputs against bf16.",
     )
+    fused_qkv: bool = Field(
+        False,
+        description="The text encoder's language model computes each layer's query, key and value in one matrix product "
+        "(the same weights stacked: the same function, no extra memory). Off until timed on a GPU; not with fp8 "
+        "text_encoder.",
+    )
     channels_last: list[Literal["unet", "vae"]] = Field(
         ["vae"], description="Parts whose convolutions run channels-last on CUDA (a memory-layout change; the values are the same)."
     )

@@ -106,7 +106,25 @@ def test_bad_config_is_named(tiny_bundle, field, value, message):
     (dict(autotune=("unet",), compile="none"), "needs compile 'default'"),
     (dict(autotune=("unet",), compile="max-autotune-no-cudagraphs"), "needs compile 'default'"),
     (dict(autotune=("unet", "text_encoder"), compile_parts=("unet", "vae")), r"autotune \['text_encoder'\] not in compile_parts"),
+    (dict(fused_qkv=True, fp8=("text_encoder",)), "fused_qkv stacks the text encoder's bf16 q/k/v weights"),
 ])
-def test_autotune_of_a_part_that_is_not_compiled_is_refused(tiny_bundle, config, message):
+def test_settings_that_cannot_go_together_are_refused(tiny_bundle, config, message):
     with pytest.raises(EngineError, match=message):
         StreamEngine(EngineConfig(**config), tiny_bundle)
+
+
+def test_stacked_qkv_gives_the_engine_the_same_frames(bikes_path):
+    """fused_qkv on a bundle of its own (it re-points the text encoder's weights in place): the same latents."""
+    import torch
+
+    from services.gpu.profiles import load_profile
+
+    frames = real_frames(bikes_path, 64, 4)
+    outs = []
+    for fused in (False, True):
+        bundle = load_profile("synthetic-tiny", "cpu", "float32")
+        config = EngineConfig(size=64, batch=4, hooks="none", compile="none", fused_qkv=fused, keep_latents=True)
+        with StreamEngine(config, bundle) as engine:
+            engine.open_stream("s", "make it an oil painting", seed=2)
+            outs.append(engine.submit(frames, "s").result())
+    torch.testing.assert_close(outs[1].latents, outs[0].latents, atol=1e-5, rtol=1e-5)

@@ -200,6 +200,8 @@ def test_settings_compile_parts_and_layout_reach_the_engine():
         load_settings(None, env={}, overrides={"model.compile_parts": ["unet", "scheduler"]})
     assert default.autotune == ()
     assert engine_config(load_settings(None, env={}, overrides={"model.autotune": ["unet"]}), cuda=True).autotune == ("unet",)
+    assert not default.fused_qkv
+    assert engine_config(load_settings(None, env={}, overrides={"model.fused_qkv": True}), cuda=True).fused_qkv
     with pytest.raises(ConfigError, match="autotune"):
         load_settings(None, env={}, overrides={"model.autotune": ["vae"]})
 

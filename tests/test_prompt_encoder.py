@@ -101,3 +101,71 @@ def test_forward_compiles_as_one_graph_equal_to_eager(encoder, tiny_bundle):
     assert torch.equal(got_mask, want_mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert got.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def own_bundle():
+    """A bundle of this module's own: fuse_qkv re-points the language model's weights (same values) in place."""
+    from services.gpu.profiles import load_profile
+
+    return load_profile("synthetic-tiny", "cpu", "float32")
+
+
+def test_stacked_qkv_computes_what_the_separate_projections_do(own_bundle, bikes_path):
+    frames = torch.from_numpy(real_frames(bikes_path, 256, 2)).permute(0, 3, 1, 2).float() / 255
+    prompts = ["oil painting", "a watercolour with soft washes"]
+    separate = EditPromptEncoder(own_bundle.text_encoder, own_bundle.tokenizer, own_bundle.vision, 256)
+    want, want_mask = separate.encode(frames, prompts)
+    layer0 = own_bundle.text_encoder.model.language_model.layers[0].self_attn
+    q_before = layer0.q_proj.weight.clone()
+    x = torch.randn(3, layer0.q_proj.in_features)
+    k_before = layer0.k_proj(x)
+
+    fused = EditPromptEncoder(own_bundle.text_encoder, own_bundle.tokenizer, own_bundle.vision, 256)
+    layers = len(own_bundle.text_encoder.model.language_model.layers)
+    assert fused.fuse_qkv() == layers
+    got, got_mask = fused.encode(frames, prompts)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got_mask, want_mask)
+    # The modules keep their values as views of the stack: no second copy, and other callers see no change.
+    stack, bias, widths = fused._qkv[0]
+    assert widths == [layer0.q_proj.out_features, layer0.k_proj.out_features, layer0.v_proj.out_features]
+    assert layer0.q_proj.weight.data_ptr() == stack.data_ptr() and torch.equal(layer0.q_proj.weight, q_before)
+    assert layer0.k_proj.weight.data_ptr() == stack[widths[0]:].data_ptr()
+    torch.testing.assert_close(layer0.k_proj(x), k_before)
+    assert bias is None or bias.shape == (sum(widths),)
+
+
+def test_stacking_refuses_projections_that_are_not_plain_linear_layers(own_bundle):
+    attn = own_bundle.text_encoder.model.language_model.layers[1].self_attn
+    original = attn.k_proj
+    attn.k_proj = torch.nn.Sequential(original)  # what an FP8 swap would leave: not a Linear
+    try:
+        encoder = EditPromptEncoder(own_bundle.text_encoder, own_bundle.tokenizer, own_bundle.vision, 256)
+        with pytest.raises(PromptError, match="layer 1's q/k/v are not plain Linear layers"):
+            encoder.fuse_qkv()
+    finally:
+        attn.k_proj = original
+
+
+def test_stacked_qkv_traces_as_one_graph(own_bundle):
+    """The engine compiles the encoder with fullgraph=True: the stacked weights (plain tensors in a list) must trace."""
+    import torch._dynamo
+
+    encoder = EditPromptEncoder(own_bundle.text_encoder, own_bundle.tokenizer, own_bundle.vision, 64)
+    encoder.fuse_qkv()
+    encoder.prepare(torch.device("cpu"), torch.float32)
+    frames = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ids, pos, lengths = encoder.pack([encoder.layout("oil painting"), encoder.layout("pencil")])
+    cos, sin = encoder.rope_tables(pos, torch.float32)
+    graphs = []
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(encoder.forward, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)
+        with torch.no_grad():
+            got, _ = compiled(frames, ids, cos, sin, lengths)
+            want, _ = encoder(frames, ids, cos, sin, lengths)
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+    torch.testing.assert_close(got, want)

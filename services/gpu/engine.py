@@ -157,6 +157,7 @@ class EngineConfig:
     # download get a stream of their own, so the U-Net's stream carries only the U-Net and the refresh's conditioning.
     cuda_streams: int = 2
     fp8: tuple[str, ...] = ()  # parts (text_encoder, unet) whose large linears run in FP8: an approximation, opt-in
+    fused_qkv: bool = False  # the text encoder's language model: q, k, v in one product (same function; not yet timed)
     # The U-Net's GroupNorms. native: torch's; two_pass: the same statistics as per-channel sums (group_norm.py)
     # where inductor traces the U-Net (it reduces them near memory speed), torch's kernel in uncompiled calls;
     # auto: two_pass when the U-Net is compiled. Same function either way.
@@ -184,6 +185,8 @@ class EngineConfig:
             raise EngineError(f"compile {self.compile!r}; use one of {COMPILE_MODES}")
         if unknown := set(self.fp8) - set(FP8_PARTS):
             raise EngineError(f"fp8 {sorted(unknown)} unknown; use some of {FP8_PARTS}")
+        if self.fused_qkv and "text_encoder" in self.fp8:
+            raise EngineError("fused_qkv stacks the text encoder's bf16 q/k/v weights; fp8 text_encoder replaces them: choose one")
         if self.group_norm not in GROUP_NORMS:
             raise EngineError(f"group_norm {self.group_norm!r}; use one of {GROUP_NORMS}")
         if self.cross_attention not in CROSS_ATTENTIONS:
@@ -251,6 +254,8 @@ class StreamEngine:
         self.buckets = tuple(sorted(set(config.buckets or (config.batch,)) | {config.batch}))
         self.latent = config.size // 8
         self.encoder = EditPromptEncoder(bundle.text_encoder, bundle.tokenizer, bundle.vision, config.encoder_size)
+        if config.fused_qkv:  # weights become views of one stack: nothing to give back on close
+            log.info("text encoder q/k/v stacked in %d layers", self.encoder.fuse_qkv())
         # First of the in-place changes to the bundle's U-Net (each given back on close): it is the one that can refuse.
         try:
             self.cross_attentions = (use_key_channel_cross_attention(bundle.unet, config.cross_attention == "key_channel_fused_kv")
