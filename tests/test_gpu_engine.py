@@ -196,3 +196,16 @@ def test_released_token_graphs_are_captured_again_and_compute_the_same_on_cuda(c
     assert len(kept[1]) == 1 and len(kept[32]) == 2
     diff = np.abs(results[1].astype(int) - results[32].astype(int))
     assert diff.max() <= 1, f"frames differ by up to {diff.max()} grey levels"
+
+
+def test_stacked_qkv_compiles_captures_and_matches_the_separate_projections_on_cuda(cuda_fp32_bundle, bikes_path):
+    """The text encoder's stacked q/k/v product through inductor and a CUDA graph: the same frames (float32)."""
+    frames = real_frames(bikes_path, 128, 4)
+    latents = {}
+    for fused in (False, True):  # the unfused engine first: fusing re-points the bundle's weights (same values)
+        config = EngineConfig(size=128, batch=4, hooks="none", compile="default", cuda_graphs=True, keep_latents=True,
+                              fused_qkv=fused)
+        with StreamEngine(config, cuda_fp32_bundle) as engine:
+            engine.open_stream("s", "make it an oil painting", seed=2)
+            latents[fused] = engine.submit(frames, "s").result().latents
+    torch.testing.assert_close(latents[True], latents[False], rtol=1e-3, atol=1e-3)
