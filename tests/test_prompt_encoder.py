@@ -169,3 +169,13 @@ def test_stacked_qkv_traces_as_one_graph(own_bundle):
         torch._dynamo.reset()
     assert len(graphs) == 1
     torch.testing.assert_close(got, want)
+
+
+def test_patches_are_embedded_as_the_vision_towers_conv3d_embeds_them(encoder, tiny_bundle, bikes_path):
+    frames = torch.from_numpy(real_frames(bikes_path, 256, 2)).permute(0, 3, 1, 2).float() / 255
+    patches = encoder.patchify(encoder.preprocess(frames))
+    with torch.no_grad():
+        want = tiny_bundle.text_encoder.model.visual.patch_embed(patches)
+        got = encoder.embed_patches(patches)
+    assert got.shape == want.shape == (2 * 256, tiny_bundle.text_encoder.model.visual.config.hidden_size)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
