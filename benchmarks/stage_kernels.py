@@ -46,6 +46,8 @@ VARIANTS: dict[str, dict] = {
     # Matrix products autotuned against Triton templates (engine.AUTOTUNE_OPTIONS); the part must be in --compile-parts.
     "autotune_text_encoder": {"inductor": {}, "engine": {"autotune": ("text_encoder",)}},
     "autotune_unet": {"inductor": {}, "engine": {"autotune": ("unet",)}},
+    # The U-Net's depthwise convolutions as nine shifted multiply-adds in a generated kernel (services/gpu/depthwise.py).
+    "depthwise_taps": {"inductor": {}, "engine": {"depthwise": "taps"}},
     # The text encoder's q/k/v as one product of the stacked weights (EditPromptEncoder.fuse_qkv).
     "fused_qkv": {"inductor": {}, "engine": {"fused_qkv": True}},
 }

@@ -69,6 +69,7 @@ def bench(
     fp8: str = typer.Option("", help="Comma-separated parts (text_encoder, unet) with FP8 linears: an approximation."),
     fused_qkv: bool = typer.Option(False, help="The text encoder's q/k/v projections as one product (same function)."),
     group_norm: str = typer.Option("auto", help="U-Net GroupNorms: native, two_pass (same function, per-channel sums) or auto."),
+    depthwise: str = typer.Option("cudnn", help="U-Net depthwise convolutions when compiled: cudnn or taps (same sums)."),
     cross_attention: str = typer.Option(
         "bias", help="U-Net cross-attention: bias, key_channel or key_channel_fused_kv (same function)."),
     token_shapes: str = typer.Option("dynamic", help="Compiled token axis: dynamic (one compile for every prompt length) or static."),
@@ -93,7 +94,8 @@ def bench(
         size=size or (512 if cuda else 64), batch=batch, steps=steps, hooks=hooks, adapter_weights=adapter,
         cond_refresh=refresh, te_mode=te_mode, te_refresh=te_refresh, compile=compile_mode, cuda_graphs=graphs,
         compile_parts=_parts(compile_parts), autotune=_parts(autotune), channels_last=_parts(channels_last), flow_backend=flow_backend,
-        cuda_streams=cuda_streams, fp8=_parts(fp8), fused_qkv=fused_qkv, group_norm=group_norm, cross_attention=cross_attention,
+        cuda_streams=cuda_streams, fp8=_parts(fp8), fused_qkv=fused_qkv, group_norm=group_norm, depthwise=depthwise,
+        cross_attention=cross_attention,
         token_shapes=token_shapes,
     )
     try:

@@ -306,6 +306,12 @@ class ModelSettings(_Section):
         "fps on an H200 and +5.6% on an H100 at B=8; uncompiled calls keep torch's kernel); 'auto' is two_pass when the "
         "U-Net is compiled and native otherwise.",
     )
+    depthwise: Literal["cudnn", "taps"] = Field(
+        "cudnn",
+        description="How the compiled U-Net computes its 3×3 depthwise convolutions: 'cudnn', or 'taps' (nine shifted "
+        "multiply-adds that inductor turns into one generated kernel: the same sums; cuDNN ran them at about a fifth "
+        "of the memory rate they need on an H200). Off until timed on a GPU; uncompiled calls use cuDNN either way.",
+    )
     cross_attention: Literal["bias", "key_channel", "key_channel_fused_kv"] = Field(
         "bias",
         description="How the U-Net's cross-attention masks its padded text tokens: 'bias' (diffusers' additive bias, "

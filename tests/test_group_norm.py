@@ -17,22 +17,12 @@ from services.gpu.group_norm import (
     use_two_pass_group_norm,
 )
 from tests.conftest import real_frames
+from tests.support.graph_recorder import GraphRecorder
 
 
 def _two_pass(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """The per-channel-sums computation with `norm`'s parameters (what inductor traces)."""
     return two_pass_group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-
-
-class _GraphRecorder:
-    """A torch.compile backend that runs the traced graph eagerly and keeps the names of what it calls."""
-
-    def __init__(self):
-        self.targets: list[str] = []
-
-    def __call__(self, gm, example_inputs):
-        self.targets += [str(node.target) for node in gm.graph.nodes if node.op in ("call_function", "call_method")]
-        return gm.forward
 
 
 def _pair(channels: int, groups: int = 8, affine: bool = True, dtype=torch.float32):
@@ -80,7 +70,7 @@ def test_matches_in_bfloat16():
 def test_the_module_is_two_pass_only_where_torch_compile_traces_it(monkeypatch):
     native, twin = _pair(64)
     x = torch.randn(2, 64, 8, 8) * 3 + 5
-    recorder = _GraphRecorder()
+    recorder = GraphRecorder()
     torch.testing.assert_close(torch.compile(twin, backend=recorder, dynamic=False, fullgraph=True)(x), native(x),
                                rtol=1e-5, atol=1e-5)
     assert not any("group_norm" in target for target in recorder.targets)  # sums in the graph, not torch's norm
@@ -123,7 +113,7 @@ def test_engine_output_is_the_same_with_either_group_norm(tiny_bundle, bikes_pat
     results, recorders = {}, {}
     monkeypatch.setattr(StreamEngine, "compiled", property(lambda self: True))
     for choice in ("native", "two_pass"):
-        recorders[choice] = recorder = _GraphRecorder()
+        recorders[choice] = recorder = GraphRecorder()
         monkeypatch.setattr(torch, "compile", lambda fn, recorder=recorder, **kw: real_compile(
             fn, backend=recorder, dynamic=False, fullgraph=kw.get("fullgraph", False)))
         config = EngineConfig(size=64, batch=4, hooks="down_blocks", keep_latents=True, group_norm=choice,

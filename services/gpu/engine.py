@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .conditioning import DeviceFlow, FlowPool, warp_on_device
 from .cross_attention import CROSS_ATTENTIONS, CrossAttentionError, restore_cross_attention, use_key_channel_cross_attention
 from .denoise import EditDenoiser
+from .depthwise import DEPTHWISE, restore_depthwise, use_tap_depthwise
 from .farneback import backward_flows, warm_constants
 from .fp8 import FP8_PARTS, fp8_problem, restore_linears, use_fp8
 from .graphs import CapturedCall
@@ -162,6 +163,9 @@ class EngineConfig:
     # where inductor traces the U-Net (it reduces them near memory speed), torch's kernel in uncompiled calls;
     # auto: two_pass when the U-Net is compiled. Same function either way.
     group_norm: str = "auto"
+    # The U-Net's 3×3 depthwise convolutions where inductor traces it: cudnn, or taps (nine shifted multiply-adds in
+    # a kernel inductor generates, depthwise.py; the same sums). Off until timed on a GPU.
+    depthwise: str = "cudnn"
     # The U-Net's cross-attention mask. bias: diffusers' additive bias, which SDPA expands per query (and inductor
     # appears to write out); key_channel: the same logits with the bias in an extra query/key channel (cross_attention.py);
     # key_channel_fused_kv: that, with every cross-attention's keys and values from one matrix product.
@@ -189,6 +193,8 @@ class EngineConfig:
             raise EngineError("fused_qkv stacks the text encoder's bf16 q/k/v weights; fp8 text_encoder replaces them: choose one")
         if self.group_norm not in GROUP_NORMS:
             raise EngineError(f"group_norm {self.group_norm!r}; use one of {GROUP_NORMS}")
+        if self.depthwise not in DEPTHWISE:
+            raise EngineError(f"depthwise {self.depthwise!r}; use one of {DEPTHWISE}")
         if self.cross_attention not in CROSS_ATTENTIONS:
             raise EngineError(f"cross_attention {self.cross_attention!r}; use one of {CROSS_ATTENTIONS}")
         if self.compile_buckets not in COMPILE_BUCKETS:
@@ -274,6 +280,7 @@ class StreamEngine:
         self.group_norm = resolve_group_norm(config.group_norm, self.compiled and "unet" in config.compile_parts)
         self.group_norms = use_two_pass_group_norm(bundle.unet) if self.group_norm == "two_pass" else 0
         log.info("U-Net GroupNorms: %s (%d swapped)", self.group_norm, self.group_norms)
+        self.depthwise_convs = use_tap_depthwise(bundle.unet) if config.depthwise == "taps" else 0
         self.tokens = TokenShapes(config.token_shapes)
         self.denoiser = EditDenoiser(bundle.unet, bundle.vae, bundle.scheduler, config.steps, config.size, self.tokens.mark)
         self._encoder_fn = self.encoder
@@ -803,6 +810,8 @@ class StreamEngine:
             restore_linears(module)
         if self.group_norms:
             restore_group_norms(self.bundle.unet)
+        if self.depthwise_convs:
+            restore_depthwise(self.bundle.unet)
         if self.cross_attentions:
             restore_cross_attention(self.bundle.unet)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .module_swap import swap_classes
+
 GROUP_NORMS = ("auto", "native", "two_pass")
 
 
@@ -65,19 +67,9 @@ def use_two_pass_group_norm(module: nn.Module) -> int:
     """Make every nn.GroupNorm under `module` a TwoPassGroupNorm, in place (same object, parameters and hooks).
 
     Returns how many changed; `restore_group_norms` undoes it for whoever else uses the module."""
-    changed = 0
-    for layer in module.modules():
-        if type(layer) is nn.GroupNorm:
-            layer.__class__ = TwoPassGroupNorm
-            changed += 1
-    return changed
+    return swap_classes(module, nn.GroupNorm, TwoPassGroupNorm)
 
 
 def restore_group_norms(module: nn.Module) -> int:
     """Undo `use_two_pass_group_norm`. Returns how many were restored."""
-    restored = 0
-    for layer in module.modules():
-        if type(layer) is TwoPassGroupNorm:
-            layer.__class__ = nn.GroupNorm
-            restored += 1
-    return restored
+    return swap_classes(module, TwoPassGroupNorm, nn.GroupNorm)

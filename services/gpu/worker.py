@@ -77,7 +77,7 @@ def engine_config(settings: Settings, cuda: bool) -> EngineConfig:
         cond_refresh=e.cond_refresh, te_mode=e.text_encoder_mode, te_refresh=e.text_encoder_refresh,
         encoder_size=e.encoder_image_size, compile=compile_mode, compile_parts=tuple(m.compile_parts),
         autotune=tuple(m.autotune), compile_buckets=m.compile_buckets, compile_refresh=m.compile_refresh, fp8=tuple(m.fp8),
-        fused_qkv=m.fused_qkv, group_norm=m.group_norm,
+        fused_qkv=m.fused_qkv, group_norm=m.group_norm, depthwise=m.depthwise,
         cross_attention=m.cross_attention, token_shapes=m.token_shapes, token_graphs=m.token_graphs,
         channels_last=tuple(m.channels_last), cuda_graphs=m.cuda_graphs, flow_timeout_s=FLOW_TIMEOUT_S,
         buckets=tuple(e.buckets), pipeline_depth=e.pipeline_depth, flow_backend=e.flow_backend,
