@@ -209,3 +209,17 @@ def test_stacked_qkv_compiles_captures_and_matches_the_separate_projections_on_c
             engine.open_stream("s", "make it an oil painting", seed=2)
             latents[fused] = engine.submit(frames, "s").result().latents
     torch.testing.assert_close(latents[True], latents[False], rtol=1e-3, atol=1e-3)
+
+
+def test_depthwise_taps_compile_capture_and_match_cudnn_on_cuda(cuda_fp32_bundle, bikes_path):
+    """The U-Net's depthwise convolutions as inductor-generated taps, in a CUDA graph: the same latents (float32)."""
+    frames = real_frames(bikes_path, 128, 4)
+    latents = {}
+    for choice in ("cudnn", "taps"):
+        config = EngineConfig(size=128, batch=4, hooks="down_blocks", compile="default", cuda_graphs=True,
+                              keep_latents=True, depthwise=choice, compile_parts=("unet",))
+        with StreamEngine(config, cuda_fp32_bundle) as engine:
+            engine.open_stream("s", "make it an oil painting", seed=2)
+            latents[choice] = engine.submit(frames, "s").result().latents
+            assert (engine.depthwise_convs > 0) == (choice == "taps")
+    torch.testing.assert_close(latents["taps"], latents["cudnn"], rtol=1e-3, atol=1e-3)
