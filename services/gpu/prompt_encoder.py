@@ -236,8 +236,9 @@ class EditPromptEncoder(torch.nn.Module):
         """Compute each language-model layer's query, key and value projections as one matrix product. Exact: the
         same weights, stacked; each projection's weight becomes a view of the stack, so no memory is added and the
         modules (which other code, such as the naive pipeline, still calls) compute what they did. Why: k and v
-        are half q's width, and at 16 × 104 rows an H100's cuBLAS ran the three products at 230–370 TFLOP/s
-        against 680 for the language model's 6144-wide MLP product (benchmarks/NOTES.md 61). Returns the layers fused."""
+        are half q's width, and inside the encoder's graph on an H100 at B=16 they ran at ≈ 430 TFLOP/s against
+        620–710 for its wider products (benchmarks/NOTES.md 59, 61); stacked, they share one wide product.
+        Returns the layers fused."""
         fused = []
         with torch.no_grad():
             for index, layer in enumerate(self.lm.layers):
