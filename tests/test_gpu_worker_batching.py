@@ -48,10 +48,10 @@ def test_an_idle_gpu_lets_lossless_frames_fill_the_batch(waiting, in_flight, old
                         flushing=flushing, live=False) is due
 
 
-def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0, live: bool = True) -> GpuWorker:
+def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0, live: bool = True, age_s: float = 0.0) -> GpuWorker:
     """A worker with one stream's queue and outputs, without models or sockets: only the dispatch state is read."""
     worker = object.__new__(GpuWorker)
-    frames = collections.deque(SimpleNamespace(t_ingest=now()) for _ in range(queued))
+    frames = collections.deque(SimpleNamespace(t_ingest=now() - age_s) for _ in range(queued))
     stream = SimpleNamespace(queue=frames, outputs=collections.deque([None] * outputs), ending=False, live=live)
     worker.streams = {"s": stream} if queued or outputs else {}
     worker.batch, worker.max_wait, worker.draining, worker.in_flight = 8, 0.05, False, in_flight
@@ -61,19 +61,22 @@ def _stub_worker(queued: int, outputs: int = 0, in_flight: int = 0, live: bool =
 
 
 @pytest.mark.parametrize(
-    ("queued", "outputs", "in_flight", "live", "block"),
+    ("queued", "outputs", "in_flight", "live", "age_s", "block"),
     [
-        (0, 0, 0, True, "no_frames"),
-        (3, 8, 1, True, "output_full"),  # a batch of outputs waits for egress: this stream takes no more
-        (8, 0, 3, True, "in_flight"),  # depth 2 + 1 batches on the GPU already
-        (3, 0, 1, True, "filling"),  # young frames, busy GPU: wait for company
-        (8, 7, 2, True, None),  # a full batch goes
-        (3, 0, 0, True, None),  # an idle GPU takes a camera's frames at once
-        (3, 0, 0, False, "filling"),  # ... but lets a file's young frames fill the batch
+        (0, 0, 0, True, 0.0, "no_frames"),
+        (3, 8, 1, True, 0.0, "output_full"),  # a batch of outputs waits for egress: this stream takes no more
+        (8, 0, 3, True, 0.0, "in_flight"),  # depth 2 + 1 batches on the GPU already
+        (3, 0, 1, True, 0.0, "filling"),  # young frames, busy GPU: wait for company
+        (8, 7, 2, True, 0.0, None),  # a full batch goes
+        (3, 0, 0, True, 0.0, None),  # an idle GPU takes a camera's frames at once
+        (3, 0, 0, False, 0.0, "filling"),  # ... but lets a file's young frames fill the batch
+        (5, 0, 1, True, 0.2, None),  # a camera's late frames go beside the running batch
+        (5, 0, 1, False, 0.2, "filling"),  # a file's late frames keep filling while a batch runs
+        (5, 0, 0, False, 0.2, None),  # ... and go once the GPU is idle
     ],
 )
-def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, live, block):
-    assert _stub_worker(queued, outputs, in_flight, live)._dispatch_block() == block
+def test_the_worker_names_why_no_batch_goes_out(queued, outputs, in_flight, live, age_s, block):
+    assert _stub_worker(queued, outputs, in_flight, live, age_s)._dispatch_block() == block
 
 
 def test_live_frames_past_the_queue_limit_are_dropped_as_late_and_files_never():
