@@ -87,6 +87,9 @@ class EditPromptEncoder(torch.nn.Module):
         if image_size % (self.patch * self.merge):
             raise PromptError(f"encoder image size {image_size} must be a multiple of {self.patch * self.merge}")
         self.grid = image_size // self.patch
+        proj = self.visual.patch_embed.proj  # embed_patches computes it as one product per patch
+        if tuple(proj.kernel_size) != tuple(proj.stride) or proj.padding not in ((0, 0, 0), 0):
+            raise PromptError(f"patch embedding kernel {proj.kernel_size}, stride {proj.stride}: not one product per patch")
         self.image_tokens = (self.grid // self.merge) ** 2
         self.image_token_id = text_encoder.config.image_token_id
         self._prefix_ids = self._tokenise_prefix()
@@ -197,8 +200,6 @@ class EditPromptEncoder(torch.nn.Module):
         order). cuDNN ran the bf16 Conv3d with a generic kernel that skips the tensor cores
         (`implicit_convolveNd_sgemm`: 0.65 ms per B=16 call on an H100, 3.7% of the text encoder; NOTES 62)."""
         proj = self.visual.patch_embed.proj
-        if tuple(proj.kernel_size) != tuple(proj.stride) or proj.padding not in ((0, 0, 0), 0):
-            raise PromptError(f"patch embedding kernel {proj.kernel_size}, stride {proj.stride}: not one product per patch")
         return F.linear(patches, proj.weight.reshape(proj.out_channels, -1), proj.bias)
 
     def vision_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -250,14 +251,11 @@ class EditPromptEncoder(torch.nn.Module):
                 if any(has_bias) and not all(has_bias):
                     raise PromptError(f"language-model layer {index} has a bias on some of q/k/v only")
                 bias = torch.cat([p.bias for p in projections]) if all(has_bias) else None
-                widths, start = [], 0
-                for p in projections:
-                    width = p.weight.shape[0]
-                    p.weight = torch.nn.Parameter(weight[start : start + width], requires_grad=False)
-                    if bias is not None:
-                        p.bias = torch.nn.Parameter(bias[start : start + width], requires_grad=False)
-                    widths.append(width)
-                    start += width
+                widths = [p.out_features for p in projections]
+                for p, view in zip(projections, weight.split(widths)):
+                    p.weight = torch.nn.Parameter(view, requires_grad=False)
+                for p, view in zip(projections, bias.split(widths) if bias is not None else ()):
+                    p.bias = torch.nn.Parameter(view, requires_grad=False)
                 fused.append((weight, bias, widths))
         self._qkv = fused
         return len(fused)
