@@ -158,13 +158,16 @@ class EngineConfig:
     # download get a stream of their own, so the U-Net's stream carries only the U-Net and the refresh's conditioning.
     cuda_streams: int = 2
     fp8: tuple[str, ...] = ()  # parts (text_encoder, unet) whose large linears run in FP8: an approximation, opt-in
-    fused_qkv: bool = False  # the text encoder's language model: q, k, v in one product (same function; not yet timed)
+    # The text encoder's language model: q, k, v in one product (the same function). Off: with depthwise taps it
+    # went with a 9% slower engine on an H100 at B=16, and alone it is untimed in a process of its own (NOTES 64).
+    fused_qkv: bool = False
     # The U-Net's GroupNorms. native: torch's; two_pass: the same statistics as per-channel sums (group_norm.py)
     # where inductor traces the U-Net (it reduces them near memory speed), torch's kernel in uncompiled calls;
     # auto: two_pass when the U-Net is compiled. Same function either way.
     group_norm: str = "auto"
     # The U-Net's 3×3 depthwise convolutions where inductor traces it: cudnn, or taps (nine shifted multiply-adds in
-    # a kernel inductor generates, depthwise.py; the same sums). Off until timed on a GPU.
+    # a kernel inductor generates, depthwise.py; the same sums, frames bit-identical on an H100). Off: with fused_qkv
+    # the engine ran 9% slower on an H100 at B=16 (NOTES 64).
     depthwise: str = "cudnn"
     # The U-Net's cross-attention mask. bias: diffusers' additive bias, which SDPA expands per query (and inductor
     # appears to write out); key_channel: the same logits with the bias in an extra query/key channel (cross_attention.py);
