@@ -36,7 +36,7 @@ from benchmarks.isolation import in_child  # noqa: E402
 from benchmarks.service_vs_engine import parse_variant  # noqa: E402
 from services.gpu.bench import _device_info, clip_frames  # noqa: E402
 from services.gpu.engine import EngineConfig, EngineError, StreamEngine  # noqa: E402
-from services.gpu.profiles import load_profile, resolve_device, resolve_dtype  # noqa: E402
+from services.gpu.profiles import SYNTHETIC_PROFILES, load_profile, resolve_device, resolve_dtype  # noqa: E402
 from shared.records import GrowingRecord, card_slug, host_info  # noqa: E402
 
 FIELDS = {f.name for f in dataclasses.fields(EngineConfig)}
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record = {"kind": "output_difference", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(shlex.quote(a) for a in sys.argv), **_device_info(device), **host_info(),
-              "profile": args.profile, "random_weights": args.profile.startswith("synthetic"),
+              "profile": args.profile, "random_weights": args.profile in SYNTHETIC_PROFILES,  # what load_profile builds at random
               "reference_dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
               "engines": "one process" if args.same_process else "a process each",
               "config": {k: v for k, v in common.items() if k != "keep_latents"}, "frames": len(frames)}
